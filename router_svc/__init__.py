@@ -1,0 +1,1 @@
+"""Router service: classifies prompts and relays streams to experts."""
