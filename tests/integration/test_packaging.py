@@ -1,0 +1,39 @@
+"""`pip install .` from a clean tree: the wheel carries the compiled core, the stubs and the classifier."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_wheel_from_clean_tree_has_compiled_core_and_stubs(tmp_path: Path) -> None:
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+                           cwd=ROOT, capture_output=True, check=True).stdout.decode().split("\0")
+    tree = tmp_path / "tree"
+    for name in filter(None, files):
+        source = ROOT / name
+        if source.is_file():
+            (tree / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, tree / name)
+    assert not (tree / "expert_router").exists(), "generated stubs must not be part of the source tree"
+
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path / "dist"),
+                    str(tree)], check=True, capture_output=True)
+    wheel = next((tmp_path / "dist").glob("expert_router-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+
+    assert any(n.startswith("core/_featurizer.") and n.endswith(".so") for n in names)
+    assert any(n.startswith("core/_routing.") and n.endswith(".so") for n in names)
+    for stub in ("expert_router_pb2.py", "expert_router_pb2.pyi", "expert_router_pb2_grpc.py"):
+        assert f"expert_router/v1/{stub}" in names
+    if (ROOT / "router_svc" / "classifier_data" / "model.onnx").exists():
+        assert "router_svc/classifier_data/model.onnx" in names
+        assert "router_svc/classifier_data/metadata.json" in names
