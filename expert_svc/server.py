@@ -1,0 +1,129 @@
+"""Expert server lifecycle: bind, load the engine, report health, drain on shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from expert_router.v1 import expert_router_pb2 as pb
+from expert_router.v1 import expert_router_pb2_grpc as pb_grpc
+
+from .config import ExpertConfig, split_host_port
+from .convert import RequestLimits
+from .engines import Engine, create_engine
+from .servicer import ExpertServicer
+
+log = logging.getLogger(__name__)
+
+EXPERT_SERVICE = pb.DESCRIPTOR.services_by_name["Expert"].full_name
+_WILDCARD_HOSTS = {"0.0.0.0", "[::]", "::", ""}
+
+
+@dataclass
+class RunningExpert:
+    """A started expert: its bound address, engine and servicer, and a way to stop it."""
+
+    config: ExpertConfig
+    server: grpc.aio.Server
+    engine: Engine
+    servicer: ExpertServicer
+    health: health.aio.HealthServicer
+    port: int
+    _stopped: bool = field(default=False, repr=False)
+
+    @property
+    def address(self) -> str:
+        """Where a client on this machine reaches the expert, "HOST:PORT"."""
+        host, _ = split_host_port(self.config.listen)
+        return f"{'127.0.0.1' if host in _WILDCARD_HOSTS else host}:{self.port}"
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Report NOT_SERVING, let in-flight streams finish for up to `grace` seconds (default:
+        the configured grace), cancel what remains, then release the engine."""
+        if self._stopped:
+            return
+        self._stopped = True
+        grace = self.config.grace_s if grace is None else grace
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        await self.engine.close()
+        log.info("expert %s stopped", self.config.name)
+
+
+async def start(cfg: ExpertConfig) -> RunningExpert:
+    """Bind the server, load the engine, and report SERVING once the model is loaded."""
+    engine = create_engine(cfg)
+    limits = RequestLimits(
+        context_length=cfg.context_length,
+        default_max_tokens=cfg.default_max_tokens,
+        max_prompt_bytes=cfg.max_prompt_bytes,
+    )
+    servicer = ExpertServicer(cfg.name, engine, limits, cfg.max_concurrency)
+    health_servicer = health.aio.HealthServicer()
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", cfg.max_message_bytes),
+            ("grpc.max_send_message_length", cfg.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    pb_grpc.add_ExpertServicer_to_server(servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (EXPERT_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    for service in ("", EXPERT_SERVICE):
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+    try:
+        port = server.add_insecure_port(cfg.listen)
+    except RuntimeError as exc:
+        raise OSError(f"could not listen on {cfg.listen}: {exc}") from exc
+    if port == 0:
+        raise OSError(f"could not listen on {cfg.listen}: the address is in use or not available here")
+    await server.start()
+    try:
+        await engine.start()
+    except BaseException:
+        await server.stop(None)
+        await engine.close()
+        raise
+    for service in ("", EXPERT_SERVICE):
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    running = RunningExpert(cfg, server, engine, servicer, health_servicer, port)
+    info = engine.info()
+    log.info(
+        "expert %s serving %s (%s, %s) on %s",
+        cfg.name,
+        info.model,
+        info.quantization,
+        info.engine,
+        running.address,
+    )
+    return running
+
+
+async def serve(cfg: ExpertConfig) -> None:
+    """Run an expert until SIGTERM or SIGINT, then drain in-flight streams within the grace bound."""
+    running = await start(cfg)
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    try:
+        await stopping.wait()
+        log.info(
+            "expert %s shutting down: draining %d stream(s) for up to %.1f s",
+            cfg.name,
+            running.servicer.active,
+            cfg.grace_s,
+        )
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await running.stop(cfg.grace_s)

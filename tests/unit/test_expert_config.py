@@ -1,0 +1,93 @@
+"""Expert configuration: flags, defaults and validation messages."""
+
+import pytest
+
+from expert_svc.config import ExpertConfig, config_from_args, default_threads, split_host_port
+
+
+def test_defaults_need_only_a_name():
+    cfg = ExpertConfig(name="code")
+    assert cfg.engine == "llamacpp" and cfg.listen == "127.0.0.1:0"
+    assert cfg.max_concurrency >= 1 and cfg.max_prompt_bytes == 256 * 1024
+    assert cfg.effective_threads == default_threads() >= 1
+
+
+def test_flags_flow_into_config():
+    cfg = config_from_args(
+        [
+            "--engine",
+            "synthetic",
+            "--listen",
+            "0.0.0.0:5000",
+            "--name",
+            "math",
+            "--system-prompt",
+            "Be exact.",
+            "--max-concurrency",
+            "64",
+            "--ttft-ms",
+            "3",
+            "--tokens-per-second",
+            "200",
+            "--context-length",
+            "4096",
+            "--threads",
+            "2",
+            "--grace-s",
+            "1.5",
+            "--max-tokens",
+            "10",
+            "--log-level",
+            "debug",
+        ]
+    )
+    assert cfg == ExpertConfig(
+        name="math",
+        engine="synthetic",
+        listen="0.0.0.0:5000",
+        system_prompt="Be exact.",
+        max_concurrency=64,
+        ttft_ms=3.0,
+        tokens_per_second=200.0,
+        context_length=4096,
+        threads=2,
+        grace_s=1.5,
+        default_max_tokens=10,
+        log_level="DEBUG",
+    )
+
+
+def test_config_is_frozen():
+    cfg = ExpertConfig(name="code")
+    with pytest.raises(AttributeError):
+        cfg.name = "other"
+
+
+@pytest.mark.parametrize(
+    ("fields", "needle"),
+    [
+        ({"name": ""}, "expert name"),
+        ({"name": "has space"}, "expert name"),
+        ({"name": "x", "engine": "vllm"}, "engine must be one of"),
+        ({"name": "x", "listen": "localhost"}, "HOST:PORT"),
+        ({"name": "x", "listen": "127.0.0.1:70000"}, "0..65535"),
+        ({"name": "x", "max_concurrency": 0}, "max_concurrency"),
+        ({"name": "x", "tokens_per_second": 0}, "tokens_per_second must be >"),
+        ({"name": "x", "ttft_ms": float("nan")}, "ttft_ms must be a finite"),
+        ({"name": "x", "ttft_ms": -1}, "ttft_ms must be >="),
+        ({"name": "x", "threads": 0}, "threads"),
+        ({"name": "x", "default_max_tokens": 5000}, "default_max_tokens"),
+        ({"name": "x", "grace_s": -1}, "grace_s"),
+        ({"name": "x", "engine": "synthetic", "model": "/m.gguf"}, "llamacpp engine only"),
+        ({"name": "x", "model": "/does/not/exist.gguf"}, "model file not found"),
+        ({"name": "x", "log_level": "LOUD"}, "log level"),
+    ],
+)
+def test_invalid_config_raises_clear_value_error(fields, needle):
+    with pytest.raises(ValueError) as info:
+        ExpertConfig(**fields)
+    assert needle in str(info.value)
+
+
+def test_split_host_port_handles_ipv6():
+    assert split_host_port("[::1]:50061") == ("[::1]", 50061)
