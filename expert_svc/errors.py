@@ -43,6 +43,10 @@ class EngineFailedError(ExpertError):
     code = grpc.StatusCode.INTERNAL
 
 
+class EngineStartupError(RuntimeError):
+    """The engine cannot start on this machine; the message says what is missing and how to get it."""
+
+
 def status_for(exc: BaseException, *, expert: str, request_id: str = "") -> tuple[grpc.StatusCode, str]:
     """The status code and details to send for an exception raised while serving a request.
 

@@ -56,14 +56,18 @@ class RunningExpert:
         log.info("expert %s stopped", self.config.name)
 
 
-async def start(cfg: ExpertConfig) -> RunningExpert:
-    """Bind the server, load the engine, and report SERVING once the model is loaded."""
-    engine = create_engine(cfg)
-    limits = RequestLimits(
-        context_length=cfg.context_length,
+def _request_limits(cfg: ExpertConfig, context_length: int | None) -> RequestLimits:
+    return RequestLimits(
+        context_length=context_length or RequestLimits.context_length,
         default_max_tokens=cfg.default_max_tokens,
         max_prompt_bytes=cfg.max_prompt_bytes,
     )
+
+
+async def start(cfg: ExpertConfig) -> RunningExpert:
+    """Bind the server, load the engine, and report SERVING once the model is loaded."""
+    engine = create_engine(cfg)
+    limits = _request_limits(cfg, cfg.context_length)
     servicer = ExpertServicer(cfg.name, engine, limits, cfg.max_concurrency)
     health_servicer = health.aio.HealthServicer()
     server = grpc.aio.server(
@@ -93,6 +97,9 @@ async def start(cfg: ExpertConfig) -> RunningExpert:
         await server.stop(None)
         await engine.close()
         raise
+    if cfg.context_length is None:
+        # The engine knows its context length only once the model is loaded (trtllm).
+        servicer.limits = _request_limits(cfg, engine.info().context_length)
     for service in ("", EXPERT_SERVICE):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     running = RunningExpert(cfg, server, engine, servicer, health_servicer, port)

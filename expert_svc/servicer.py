@@ -24,7 +24,7 @@ class ExpertServicer(pb_grpc.ExpertServicer):
     def __init__(self, name: str, engine: Engine, limits: RequestLimits, max_concurrency: int) -> None:
         self._name = name
         self._engine = engine
-        self._limits = limits
+        self.limits = limits
         self._max_concurrency = max_concurrency
         self._active = 0
 
@@ -49,7 +49,7 @@ class ExpertServicer(pb_grpc.ExpertServicer):
     ) -> AsyncIterator[pb.GenerateResponse]:
         request_id = request.request_id
         try:
-            engine_request = request_from_pb(request, self._limits)
+            engine_request = request_from_pb(request, self.limits)
             request_id = engine_request.request_id
             self._admit()
         except Exception as exc:  # noqa: BLE001 - every error is mapped by the error table

@@ -31,4 +31,18 @@ def create_engine(cfg: ExpertConfig) -> Engine:
             threads=cfg.effective_threads,
             verbose=cfg.log_level == "DEBUG",
         )
+    if cfg.engine == "trtllm":
+        from .trtllm import TrtllmEngine
+
+        return TrtllmEngine(
+            model_dir=cfg.model,
+            tokenizer_dir=cfg.tokenizer,
+            kv_cache_fraction=cfg.kv_cache_fraction,
+            max_batch_size=cfg.max_batch_size,
+            max_num_tokens=cfg.max_num_tokens,
+            tensor_parallel_size=cfg.tensor_parallel_size,
+            context_length=cfg.context_length,
+            max_concurrency=cfg.max_concurrency,
+            system_prompt=cfg.system_prompt,
+        )
     raise ValueError(f"unknown engine {cfg.engine!r}")

@@ -78,7 +78,7 @@ def test_config_is_frozen():
         ({"name": "x", "threads": 0}, "threads"),
         ({"name": "x", "default_max_tokens": 5000}, "default_max_tokens"),
         ({"name": "x", "grace_s": -1}, "grace_s"),
-        ({"name": "x", "engine": "synthetic", "model": "/m.gguf"}, "llamacpp engine only"),
+        ({"name": "x", "engine": "synthetic", "model": "/m.gguf"}, "llamacpp and trtllm engines"),
         ({"name": "x", "model": "/does/not/exist.gguf"}, "model file not found"),
         ({"name": "x", "log_level": "LOUD"}, "log level"),
     ],
@@ -91,3 +91,28 @@ def test_invalid_config_raises_clear_value_error(fields, needle):
 
 def test_split_host_port_handles_ipv6():
     assert split_host_port("[::1]:50061") == ("[::1]", 50061)
+
+
+def test_trtllm_needs_a_model_directory(tmp_path) -> None:
+    with pytest.raises(ValueError, match="trtllm engine needs --model DIR"):
+        ExpertConfig(name="code", engine="trtllm")
+    cfg = ExpertConfig(name="code", engine="trtllm", model=str(tmp_path), kv_cache_fraction=0.5)
+    assert cfg.context_length is None  # read from the model once it is loaded
+    with pytest.raises(ValueError, match="kv_cache_fraction"):
+        ExpertConfig(name="code", engine="trtllm", model=str(tmp_path), kv_cache_fraction=0.0)
+
+
+def test_trtllm_without_tensorrt_llm_exits_non_zero_naming_what_is_missing(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    result = subprocess.run(
+        [sys.executable, "-m", "expert_svc", "--engine", "trtllm", "--model", str(tmp_path),
+         "--name", "code", "--listen", "127.0.0.1:0"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 1
+    assert "missing: TensorRT-LLM" in result.stderr
+    assert "NGC" in result.stderr  # says how to get it
