@@ -1,4 +1,9 @@
-"""Build steps pyproject.toml cannot express: the Cython core and the gRPC stubs."""
+"""Build steps pyproject.toml cannot express: the Cython core and the gRPC stubs.
+
+The stubs are generated into the source tree before setup() runs, so package discovery sees
+`expert_router.v1` like any other package, in editable and regular installs alike (the folder is
+git-ignored: generated, never edited, never committed).
+"""
 from __future__ import annotations
 
 import runpy
@@ -6,20 +11,10 @@ from pathlib import Path
 
 from Cython.Build import cythonize
 from setuptools import Extension, setup
-from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).parent.resolve()
 
-
-class BuildPyWithStubs(build_py):
-    """Generates the gRPC stubs before collecting Python files."""
-
-    def run(self) -> None:
-        generate_stubs = runpy.run_path(str(ROOT / "protos" / "generate.py"))["generate_stubs"]
-        # Editable installs import from the source tree, so the stubs go there.
-        generate_stubs(ROOT if getattr(self, "editable_mode", False) else Path(self.build_lib))
-        super().run()
-
+runpy.run_path(str(ROOT / "protos" / "generate.py"))["generate_stubs"](ROOT)
 
 setup(
     ext_modules=cythonize(
@@ -28,5 +23,4 @@ setup(
         compiler_directives={"language_level": "3"},
         quiet=True,
     ),
-    cmdclass={"build_py": BuildPyWithStubs},
 )

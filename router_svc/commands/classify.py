@@ -1,0 +1,42 @@
+"""`expert-router classify`: score prompts with the classifier, one JSON line per prompt."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("text", nargs="*", help="prompts to classify (default: one per line on stdin)")
+    parser.add_argument("--artifact", metavar="DIR", default=None,
+                        help="classifier artifact directory (default: the packaged one)")
+    parser.add_argument("--min-confidence", type=float, default=0.0,
+                        help="below this top score the fallback expert is chosen (default 0.0)")
+    parser.add_argument("--fallback", default="general", help="expert used below --min-confidence")
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    import core
+    from router_svc.classifier import Classifier
+
+    if not 0.0 <= args.min_confidence <= 1.0:
+        print(f"--min-confidence must be in [0, 1], got {args.min_confidence}", file=sys.stderr)
+        return 2
+    try:
+        classifier = Classifier.load(args.artifact)
+    except ValueError as exc:
+        print(f"cannot load the classifier: {exc}", file=sys.stderr)
+        return 1
+    prompts = args.text if args.text else (line.rstrip("\r\n") for line in sys.stdin)
+    labels = classifier.labels
+    for prompt in prompts:
+        scores = classifier.predict(prompt)
+        decision = core.decide(labels, scores, args.min_confidence, args.fallback)
+        record = {"expert": decision.expert,
+                  "scores": {label: round(float(s), 6) for label, s in zip(labels, scores)},
+                  "classifier_version": classifier.version}
+        if decision.fallback:
+            record["fallback"] = True
+        print(json.dumps(record), flush=not args.text)
+    return 0

