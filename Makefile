@@ -26,8 +26,9 @@ protos: install
 
 build: install
 
+# make run ARGS="--engine synthetic" starts the stack without models (for a quick look).
 run: install
-	$(PY) -m router_svc.local_stack
+	$(PY) -m router_svc.local_stack $(ARGS)
 
 test: install
 	$(PY) -m pytest -q -p no:cacheprovider tests
@@ -36,7 +37,8 @@ test-fast: install
 	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" tests
 
 bench: install
-	$(PY) -m router_svc.cli bench-standard
+	$(PIP) install -e '.[cpu,dev,bench]'
+	$(PY) benchmarks/standard.py
 
 bench-classifier: install
 	$(PY) benchmarks/classifier_bench.py

@@ -16,6 +16,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "classify": ("classify", "score prompts with the classifier; one JSON line per prompt"),
     "train": ("train", "train the classifier on MMLU + HumanEval and export it to ONNX"),
     "eval": ("evaluate", "evaluate the classifier and the MiniLM baseline; write docs/"),
+    "generate": ("generate", "stream an answer from the router (or an expert) to the terminal"),
+    "experts": ("experts", "list the router's experts and their health"),
+    "bench": ("bench", "load a router or expert with concurrent streams; latency and throughput per level"),
 }
 
 

@@ -1,0 +1,58 @@
+"""``python -m router_svc``: serve the router until SIGTERM (exit 0 after draining).
+
+With ``--workers N`` (default: one per core) this process supervises N router processes that share
+the port (router_svc.workers); each of them runs this same entry point with ``--worker-index``.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from router_svc import config, logging_setup
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m router_svc",
+                                     description="Classify prompts and relay them to the best expert.")
+    config.add_arguments(parser)
+    parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    # Set by the supervisor for its workers: share the port, leave the metrics endpoint to the parent.
+    parser.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
+    try:
+        cfg = config.from_sources(args)
+    except config.ConfigError as exc:
+        parser.error(str(exc))
+    logging_setup.configure(args.log_level, cfg.log_format)
+
+    if cfg.workers > 1 and args.worker_index is None:
+        from router_svc import workers
+
+        try:
+            return workers.supervise(cfg, argv)
+        except OSError as exc:
+            print(f"error: cannot start the router: {exc}", file=sys.stderr)
+            return 1
+
+    from router_svc import server
+
+    worker = args.worker_index is not None
+    try:
+        asyncio.run(server.serve(cfg, load_config=lambda: config.from_sources(args), watch_path=args.config,
+                                 reuse_port=worker, serve_metrics=not worker))
+    except (OSError, ValueError) as exc:  # port taken, classifier artifact missing or invalid
+        print(f"error: cannot start the router: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,243 @@
+"""Router lifecycle: build the grpc.aio server from a RouterConfig, serve, reload, and drain on SIGTERM.
+
+``start(cfg)`` returns a RunningRouter (tests use it with ``listen="127.0.0.1:0"``); ``serve(cfg)`` is
+what one router process runs: start, reload on SIGHUP or a change of the config file, and on
+SIGTERM/SIGINT: health NOT_SERVING, stop accepting, drain in-flight streams within ``cfg.grace_s``,
+close the upstream channels.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry
+
+from router_svc.admission import Admission, AdmissionLimits
+from router_svc.batching import MicroBatcher
+from router_svc.config import RouterConfig
+from router_svc.metrics import MetricsServer, RouterMetrics
+from router_svc.servicer import SERVICE_NAME, ExpertChooser, RouterServicer, RouterState, ScoringClassifier
+from router_svc.upstream import UpstreamPool, UpstreamSettings
+
+log = logging.getLogger("router_svc")
+
+ClassifierFactory = Callable[[str | None], ScoringClassifier]
+
+
+class BindError(OSError):
+    """The listen address could not be bound."""
+
+
+def server_options(cfg: RouterConfig, *, reuse_port: bool = False) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_send_message_length", cfg.max_message_bytes),
+        ("grpc.max_receive_message_length", cfg.max_message_bytes),
+        # Off unless several workers share the port on purpose: a second `make run` then fails loudly
+        # instead of silently splitting traffic with a stale process.
+        ("grpc.so_reuseport", 1 if reuse_port else 0),
+        # Let clients keep long-lived channels alive with pings every 10 s or more.
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
+
+
+def load_classifier(directory: str | None) -> ScoringClassifier:
+    from router_svc.classifier import Classifier
+
+    return Classifier.load(directory)
+
+
+async def build_state(cfg: RouterConfig, classifier: ScoringClassifier, metrics: RouterMetrics, *,
+                      generation: int = 1, resolver=None) -> RouterState:
+    """The reloadable parts for ``cfg``, with upstream health already being watched."""
+    kwargs = {} if resolver is None else {"resolver": resolver}
+    upstream = UpstreamPool(cfg.experts, settings=UpstreamSettings.from_config(cfg), metrics=metrics, **kwargs)
+    batcher = MicroBatcher(classifier.predict_batch, max_batch=cfg.max_batch)
+    chooser = ExpertChooser(classifier, batcher, experts=cfg.expert_names, fallback=cfg.fallback,
+                            min_confidence=cfg.min_confidence, failover_margin=cfg.failover_margin,
+                            metrics=metrics)
+    state = RouterState(cfg, chooser, upstream, batcher, classifier, generation)
+    try:
+        await upstream.start()
+    except BaseException:
+        await state.close()
+        raise
+    return state
+
+
+class RunningRouter:
+    """A started router: its bound port, its current state, and the parts tests look at."""
+
+    def __init__(self, server: grpc.aio.Server, port: int, servicer: RouterServicer, admission: Admission,
+                 metrics: RouterMetrics, health_servicer: health.aio.HealthServicer,
+                 classifier_factory: ClassifierFactory, metrics_server: MetricsServer | None) -> None:
+        self.server = server
+        self.port = port
+        self.servicer = servicer
+        self.admission = admission
+        self.metrics = metrics
+        self.health = health_servicer
+        self.metrics_server = metrics_server
+        self.classifier_factory = classifier_factory
+        self.host = self.cfg.listen.rpartition(":")[0]
+        self.address = f"{self.host}:{port}"
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._reload_lock = asyncio.Lock()
+        self._stopped = False
+        self.resolver = None
+
+    @property
+    def state(self) -> RouterState:
+        return self.servicer.state
+
+    @property
+    def cfg(self) -> RouterConfig:
+        return self.servicer.state.cfg
+
+    @property
+    def upstream(self) -> UpstreamPool:
+        return self.servicer.state.upstream
+
+    @property
+    def batcher(self) -> MicroBatcher:
+        return self.servicer.state.batcher
+
+    @property
+    def chooser(self) -> ExpertChooser:
+        return self.servicer.state.chooser
+
+    async def apply(self, cfg: RouterConfig) -> None:
+        """Swaps in ``cfg`` (experts, thresholds, classifier, limits) without touching streams in flight.
+
+        Raises (and changes nothing) when the classifier cannot be loaded or the pool cannot be built.
+        Settings fixed at start (listen, workers, metrics_listen) keep their values.
+        """
+        async with self._reload_lock:
+            old = self.servicer.state
+            for key in ("listen", "workers", "metrics_listen"):
+                if getattr(cfg, key) != getattr(old.cfg, key):
+                    log.warning("%s changed from %r to %r: it takes effect at the next restart",
+                                key, getattr(old.cfg, key), getattr(cfg, key))
+            classifier = await asyncio.to_thread(self.classifier_factory, cfg.classifier_dir)
+            state = await build_state(cfg, classifier, self.metrics, generation=old.generation + 1,
+                                      resolver=self.resolver)
+            self.servicer.state = state
+            self.servicer.log_prompts = cfg.log_prompts
+            self.admission.reconfigure(AdmissionLimits.from_config(cfg))
+            task = asyncio.create_task(self._retire(old), name=f"retire-config-{old.generation}")
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+
+    async def _retire(self, state: RouterState) -> None:
+        """Closes an old generation once its last stream has ended."""
+        while state.active:
+            await asyncio.sleep(0.05)
+        await state.close()
+
+    async def stop(self, grace: float | None = None) -> None:
+        """NOT_SERVING, refuse new calls, let in-flight streams finish within ``grace``, close upstreams."""
+        if self._stopped:
+            return
+        self._stopped = True
+        grace = self.cfg.grace_s if grace is None else grace
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        for task in list(self._retiring):
+            task.cancel()
+        await asyncio.gather(*self._retiring, return_exceptions=True)
+        await self.servicer.state.close()
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+
+    async def wait_for_termination(self) -> None:
+        await self.server.wait_for_termination()
+
+
+async def start(cfg: RouterConfig, *, classifier: ScoringClassifier | None = None,
+                classifier_factory: ClassifierFactory | None = None, reuse_port: bool = False,
+                registry: CollectorRegistry | None = None, serve_metrics: bool = True,
+                resolver=None) -> RunningRouter:
+    """Builds and starts the router.
+
+    ``classifier`` (tests) is used for every configuration; otherwise ``classifier_factory``
+    (default ``Classifier.load``) loads ``cfg.classifier_dir`` at start and at each reload.
+    ``serve_metrics=False``: a worker whose parent serves the metrics endpoint.
+    """
+    if classifier is not None:
+        fixed = classifier
+        classifier_factory = lambda _directory: fixed
+    elif classifier_factory is None:
+        classifier_factory = load_classifier
+    metrics = RouterMetrics(registry)
+    first = await asyncio.to_thread(classifier_factory, cfg.classifier_dir)
+    server = grpc.aio.server(options=server_options(cfg, reuse_port=reuse_port))
+    port = server.add_insecure_port(cfg.listen)
+    if port == 0:
+        raise BindError(f"cannot listen on {cfg.listen}: address in use or not available")
+    state = await build_state(cfg, first, metrics, resolver=resolver)
+    admission = Admission(AdmissionLimits.from_config(cfg))
+    servicer = RouterServicer(state, admission, metrics, log_prompts=cfg.log_prompts)
+    server.add_generic_rpc_handlers((servicer.generic_handler(),))
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server,
+    )
+    metrics_server = None
+    try:
+        if serve_metrics and cfg.metrics_listen:
+            metrics_server = MetricsServer(cfg.metrics_listen, metrics.registry)
+        await server.start()
+    except BaseException:
+        await state.close()
+        raise
+    for service in ("", SERVICE_NAME):
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    running = RunningRouter(server, port, servicer, admission, metrics, health_servicer, classifier_factory,
+                            metrics_server)
+    running.resolver = resolver
+    log.info("router listening on %s; experts: %s", running.address,
+             ", ".join(f"{e.name}={e.describe()}" for e in cfg.experts))
+    return running
+
+
+async def serve(cfg: RouterConfig, *, load_config: Callable[[], RouterConfig] | None = None,
+                watch_path: str | None = None, reuse_port: bool = False, serve_metrics: bool = True,
+                ready: Callable[[RunningRouter], None] | None = None) -> None:
+    """Runs the router until SIGTERM or SIGINT, then drains and returns.
+
+    ``load_config`` rebuilds the config from its sources; with it, SIGHUP and a change of
+    ``watch_path`` reload the router (a bad config is logged and the running one kept).
+    """
+    from router_svc.reload import ConfigReloader
+
+    running = await start(cfg, reuse_port=reuse_port, serve_metrics=serve_metrics)
+    reloader = None
+    if load_config is not None:
+        reloader = ConfigReloader(running, load_config, watch_path=watch_path, poll_s=cfg.reload_poll_s)
+        reloader.start()
+    stop_requested = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop_requested.set)
+    if reloader is not None:
+        loop.add_signal_handler(signal.SIGHUP, reloader.request, "SIGHUP")
+    if ready is not None:
+        ready(running)
+    try:
+        await stop_requested.wait()
+        log.info("stopping: draining %d in-flight stream(s) for up to %.1f s",
+                 running.state.active, running.cfg.grace_s)
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(signum)
+        if reloader is not None:
+            await reloader.close()
+        await running.stop(running.cfg.grace_s)
+        log.info("stopped")

@@ -1,0 +1,405 @@
+"""The Router gRPC service: request validation, the routing decision, and the relay of expert streams.
+
+Generate is registered with identity serializers: the handler receives the request's bytes, parses
+them once to validate and classify, forwards the original bytes and yields the expert's frames as
+bytes. Classify and ListExperts are ordinary message handlers and never touch an expert.
+
+Everything a reload may change (config, classifier, upstream pool) sits in one RouterState; a
+request reads ``servicer.state`` once and keeps that generation until it ends, so a swap never
+disturbs a stream in flight.
+"""
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from bisect import bisect_left
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import grpc
+import numpy as np
+from google.protobuf.message import DecodeError
+
+import core
+from expert_router.v1 import expert_router_pb2 as pb
+from router_svc.admission import Admission, Permit
+from router_svc.batching import MicroBatcher
+from router_svc.config import RouterConfig
+from router_svc.errors import (
+    ExpertUnavailable,
+    InvalidRequest,
+    UnknownExpert,
+    UpstreamError,
+    abort_with,
+    status_for,
+)
+from router_svc.logging_setup import log_request
+from router_svc.metrics import ITL_BOUNDS, RouterMetrics, add_observations
+from router_svc.upstream import UpstreamPool, UpstreamStream
+
+SERVICE_NAME = "expert_router.v1.Router"
+ROLES = ("system", "user", "assistant")
+# Only the latest user turns decide what a conversation is about.
+CLASSIFIED_USER_TURNS = 3
+MAX_STOP_STRINGS = 16
+REQUEST_ID_KEY = "x-request-id"
+MAX_REQUEST_ID_CHARS = 128
+# Trace context (W3C) is passed through to the expert unchanged.
+TRACE_KEYS = ("traceparent", "tracestate")
+EOF = grpc.aio.EOF
+
+
+class ScoringClassifier(Protocol):
+    labels: tuple[str, ...]
+    version: str
+
+    def predict_batch(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+def validate_prompt(prompt: str, messages: Sequence[pb.ChatMessage], max_prompt_bytes: int) -> None:
+    """Checks the prompt/messages part shared by GenerateRequest and ClassifyRequest."""
+    has_prompt = bool(prompt)
+    if has_prompt and messages:
+        raise InvalidRequest("set either prompt or messages, not both")
+    if not messages and not prompt.strip():
+        raise InvalidRequest("prompt is empty and there are no messages; set one of them")
+    size = len(prompt.encode("utf-8")) if has_prompt else 0
+    for i, message in enumerate(messages):
+        if message.role not in ROLES:
+            raise InvalidRequest(
+                f"messages[{i}].role is {message.role!r}; expected one of {', '.join(ROLES)}")
+        size += len(message.content.encode("utf-8"))
+    if size > max_prompt_bytes:
+        what = "prompt" if has_prompt else "messages"
+        raise InvalidRequest(f"{what} is {size} bytes; the limit is {max_prompt_bytes}")
+    if messages and not any(message.content.strip() for message in messages):
+        raise InvalidRequest("every message is empty")
+
+
+def validate_generate_request(request: pb.GenerateRequest, max_prompt_bytes: int) -> None:
+    """Raises InvalidRequest with a precise message when ``request`` cannot be served."""
+    validate_prompt(request.prompt, request.messages, max_prompt_bytes)
+    sampling = request.sampling
+    if sampling.HasField("temperature") and not (math.isfinite(sampling.temperature)
+                                                   and sampling.temperature >= 0):
+        raise InvalidRequest(f"sampling.temperature must be finite and >= 0, got {sampling.temperature}")
+    if sampling.HasField("top_p") and not (math.isfinite(sampling.top_p) and 0 < sampling.top_p <= 1):
+        raise InvalidRequest(f"sampling.top_p must be in (0, 1], got {sampling.top_p}")
+    if sampling.top_k < 0:
+        raise InvalidRequest(f"sampling.top_k must be >= 0, got {sampling.top_k}")
+    if len(sampling.stop) > MAX_STOP_STRINGS:
+        raise InvalidRequest(
+            f"sampling.stop has {len(sampling.stop)} strings; the limit is {MAX_STOP_STRINGS}")
+    for i, stop in enumerate(sampling.stop):
+        if not stop:
+            raise InvalidRequest(f"sampling.stop[{i}] is empty")
+
+
+def classification_text(prompt: str, messages: Sequence[pb.ChatMessage]) -> str:
+    """What the classifier reads: the prompt, or the last few user turns of a conversation."""
+    if not messages:
+        return prompt
+    user_turns = [m.content for m in messages if m.role == "user" and m.content.strip()]
+    if not user_turns:  # only system/assistant text: better than nothing
+        user_turns = [m.content for m in messages if m.content.strip()]
+    return "\n".join(user_turns[-CLASSIFIED_USER_TURNS:])
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where one request goes and why; becomes Generate's initial metadata."""
+
+    expert: str
+    score: float | None  # None when the request named the expert
+    fallback: bool
+    classifier_version: str
+    ranked: tuple[tuple[str, float], ...] = ()
+    # The expert the classifier chose when this route replaces it (it had no healthy replica).
+    failover_from: str | None = None
+
+    @property
+    def source(self) -> str:
+        if self.score is None:
+            return "explicit"
+        if self.fallback:
+            return "fallback"
+        return "failover" if self.failover_from else "classifier"
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        pairs = [("x-expert", self.expert), ("x-classifier-version", self.classifier_version)]
+        if self.score is not None:
+            pairs.append(("x-expert-score", f"{self.score:.6f}"))
+        pairs.append(("x-expert-source", self.source))
+        if self.failover_from:
+            pairs.append(("x-expert-failover-from", self.failover_from))
+        return tuple(pairs)
+
+
+class ExpertChooser:
+    """Scores prompts (micro-batched, off the event loop) and decides the expert."""
+
+    def __init__(self, classifier: ScoringClassifier, batcher: MicroBatcher, *, experts: Sequence[str],
+                 fallback: str, min_confidence: float, failover_margin: float = 0.0,
+                 metrics: RouterMetrics | None = None) -> None:
+        self.labels = tuple(classifier.labels)
+        self.version = classifier.version
+        self._batcher = batcher
+        self._experts = tuple(experts)
+        self._available = frozenset(experts)
+        self._fallback = fallback
+        self._min_confidence = min_confidence
+        self._failover_margin = failover_margin
+        self._observe_classification = (metrics or RouterMetrics()).classification.observe
+
+    async def decide(self, text: str) -> core.Decision:
+        started = time.perf_counter()
+        scores = await self._batcher.score(text)
+        self._observe_classification(time.perf_counter() - started)
+        return core.decide(self.labels, scores, self._min_confidence, self._fallback, self._available)
+
+    async def route(self, request: pb.GenerateRequest) -> Route:
+        if request.expert:
+            if request.expert not in self._available:
+                raise UnknownExpert(request.expert, self._experts)
+            return Route(request.expert, None, False, self.version)
+        decision = await self.decide(classification_text(request.prompt, request.messages))
+        return Route(decision.expert, decision.score, decision.fallback, self.version, decision.ranked)
+
+    def candidates(self, route: Route) -> list[Route]:
+        """``route`` first, then where to go if its expert has no healthy replica, in order.
+
+        A classified route may move to the next-best experts whose scores are within
+        ``failover_margin`` of the chosen one's, then to the fallback expert. An explicit choice
+        never moves: the client asked for that expert.
+        """
+        if route.score is None:
+            return [route]
+        chosen = [route]
+        seen = {route.expert}
+        if not route.fallback:
+            for label, score in route.ranked:
+                if label in seen or label not in self._available:
+                    continue
+                if score < route.score - self._failover_margin:
+                    break  # ranked is sorted: every later score is lower still
+                chosen.append(Route(label, score, False, self.version, route.ranked, route.expert))
+                seen.add(label)
+        if self._fallback not in seen:
+            score = dict(route.ranked).get(self._fallback, 0.0)
+            chosen.append(Route(self._fallback, score, True, self.version, route.ranked, route.expert))
+        return chosen
+
+
+@dataclass(eq=False)
+class RouterState:
+    """One generation of the reloadable parts: swapped as a whole, closed when its streams are done."""
+
+    cfg: RouterConfig
+    chooser: ExpertChooser
+    upstream: UpstreamPool
+    batcher: MicroBatcher
+    classifier: ScoringClassifier
+    generation: int = 1
+    active: int = field(default=0)
+
+    async def close(self, grace: float | None = None) -> None:
+        await self.upstream.close(grace)
+        await self.batcher.close()
+
+
+def _request_metadata(context: grpc.aio.ServicerContext,
+                      message: pb.GenerateRequest) -> tuple[str, list[tuple[str, str]]]:
+    """The request id (header, else the message's request_id, else a new one) and what goes upstream."""
+    request_id = ""
+    forwarded: list[tuple[str, str]] = []
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_KEY:
+            request_id = value
+        elif key in TRACE_KEYS:
+            forwarded.append((key, value))
+    request_id = request_id or message.request_id
+    if request_id:
+        if (len(request_id) > MAX_REQUEST_ID_CHARS or not request_id.isascii()
+                or not request_id.isprintable()):
+            raise InvalidRequest(f"x-request-id must be 1-{MAX_REQUEST_ID_CHARS} printable ASCII characters")
+    else:
+        request_id = uuid.uuid4().hex
+    forwarded.append((REQUEST_ID_KEY, request_id))
+    return request_id, forwarded
+
+
+class RouterServicer:
+    """Implements expert_router.v1.Router on top of RouterState, Admission and RouterMetrics."""
+
+    def __init__(self, state: RouterState, admission: Admission, metrics: RouterMetrics, *,
+                 log_prompts: bool = False) -> None:
+        self.state = state
+        self._admission = admission
+        self._metrics = metrics
+        self.log_prompts = log_prompts
+
+    async def _open(self, state: RouterState, route: Route, permit: Permit, request: bytes,
+                    context: grpc.aio.ServicerContext,
+                    metadata: Sequence[tuple[str, str]]) -> tuple[UpstreamStream, Route]:
+        """The first candidate expert that takes the request; else the chosen expert's UNAVAILABLE."""
+        first_error: ExpertUnavailable | None = None
+        for candidate in state.chooser.candidates(route):
+            if first_error is not None:
+                if not permit.move(candidate.expert):
+                    continue  # that expert is at its own bound
+                self._metrics.failovers.labels(route.expert, candidate.expert).inc()
+            try:
+                stream = await state.upstream.open(candidate.expert, request, context.time_remaining(),
+                                                   metadata)
+            except ExpertUnavailable as exc:
+                first_error = first_error or exc
+                continue
+            return stream, candidate
+        assert first_error is not None  # candidates() is never empty
+        raise first_error
+
+    async def Generate(self, request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        received = time.perf_counter()
+        state = self.state
+        state.active += 1
+        request_id = ""
+        route: Route | None = None
+        permit: Permit | None = None
+        stream: UpstreamStream | None = None
+        expert_metrics = None
+        code: grpc.StatusCode | None = None
+        frames = 0
+        ttft = None
+        gaps = [0] * len(ITL_BOUNDS)
+        gap_sum = 0.0
+        outputs: list[bytes] | None = [] if self.log_prompts else None
+        message = None
+        try:
+            try:
+                try:
+                    message = pb.GenerateRequest.FromString(request)
+                except DecodeError as exc:
+                    raise InvalidRequest(f"the request is not a valid GenerateRequest: {exc}") from None
+                request_id, forwarded = _request_metadata(context, message)
+                validate_generate_request(message, state.cfg.max_prompt_bytes)
+                route = await state.chooser.route(message)
+                permit = await self._admission.acquire(route.expert)
+                stream, route = await self._open(state, route, permit, request, context, forwarded)
+            except Exception as exc:  # noqa: BLE001 - the error table: RouterError -> its status, else INTERNAL
+                code = status_for(exc)[0]
+                if code is grpc.StatusCode.RESOURCE_EXHAUSTED and hasattr(exc, "reason"):
+                    self._metrics.rejections.labels(exc.reason).inc()
+                await abort_with(context, exc)
+            expert_metrics = self._metrics.expert(route.expert)
+            expert_metrics.in_flight.inc()
+            await context.send_initial_metadata((*route.metadata(), (REQUEST_ID_KEY, request_id)))
+            frame = stream.first
+            if frame is not EOF:
+                read = stream.call.read
+                last = time.perf_counter()
+                ttft = last - received
+                frames = 1
+                if outputs is not None:
+                    outputs.append(frame)
+                yield frame
+                # The hot loop: no label lookups, no metric calls; totals are added once at the end.
+                while (frame := await read()) is not EOF:
+                    now = time.perf_counter()
+                    gap = now - last
+                    last = now
+                    gaps[bisect_left(ITL_BOUNDS, gap)] += 1
+                    gap_sum += gap
+                    frames += 1
+                    if outputs is not None:
+                        outputs.append(frame)
+                    yield frame
+            code = grpc.StatusCode.OK
+        except grpc.aio.AbortError:
+            raise
+        except grpc.aio.AioRpcError as err:  # the expert failed mid-stream: its status passes through
+            code = err.code()
+            self._metrics.upstream_error(route.expert, code)
+            await abort_with(context, _relayed_error(err))
+        except Exception as exc:  # noqa: BLE001 - the error table, as above
+            code = status_for(exc)[0]
+            await abort_with(context, exc)
+        finally:
+            if code is None:  # the client cancelled or its deadline passed
+                code = grpc.StatusCode.CANCELLED
+            if stream is not None:
+                stream.finish(code)
+            if permit is not None:
+                permit.release()
+            state.active -= 1
+            if expert_metrics is not None:
+                expert_metrics.in_flight.dec()
+                if ttft is not None:
+                    expert_metrics.ttft.observe(ttft)
+                if frames:
+                    expert_metrics.frames.inc(frames)
+                if frames > 1:
+                    add_observations(expert_metrics.itl, gaps, gap_sum)
+                expert_metrics.request_done(code)
+            elif route is not None:
+                self._metrics.expert(route.expert).request_done(code)
+            else:
+                self._metrics.rejected_before_routing(code)
+            fields = {
+                "request_id": request_id, "expert": route.expert if route else "",
+                "source": route.source if route else "", "replica": stream.replica.address if stream else "",
+                "attempts": stream.attempts if stream else 0, "status": code.name,
+                "ttft_ms": round(1000 * ttft, 3) if ttft is not None else None, "frames": frames,
+                "duration_ms": round(1000 * (time.perf_counter() - received), 3),
+            }
+            if self.log_prompts and message is not None:
+                fields["prompt"] = message.prompt or [[m.role, m.content] for m in message.messages]
+                fields["output"] = "".join(pb.GenerateResponse.FromString(f).text for f in outputs or ())
+            log_request(fields)
+
+    async def Classify(self, request: pb.ClassifyRequest,
+                       context: grpc.aio.ServicerContext) -> pb.ClassifyResponse:
+        state = self.state
+        try:
+            validate_prompt(request.prompt, request.messages, state.cfg.max_prompt_bytes)
+            decision = await state.chooser.decide(classification_text(request.prompt, request.messages))
+        except Exception as exc:  # noqa: BLE001 - the error table, as in Generate
+            await abort_with(context, exc)
+        return pb.ClassifyResponse(
+            expert=decision.expert,
+            scores=[pb.ExpertScore(expert=label, score=score) for label, score in decision.ranked],
+            classifier_version=state.chooser.version,
+            fallback=decision.fallback,
+        )
+
+    async def ListExperts(self, request: pb.ListExpertsRequest,
+                          context: grpc.aio.ServicerContext) -> pb.ListExpertsResponse:
+        state = self.state
+        experts = []
+        for name, replicas in state.upstream.status():
+            experts.append(pb.ExpertStatus(
+                name=name,
+                healthy=any(r.healthy for r in replicas),
+                replicas=[pb.Replica(address=r.address, healthy=r.healthy, outstanding=r.outstanding)
+                          for r in replicas],
+                fallback=name == state.cfg.fallback,
+            ))
+        return pb.ListExpertsResponse(experts=experts)
+
+    def generic_handler(self) -> grpc.GenericRpcHandler:
+        """The Router service with Generate kept as raw bytes in and out."""
+        return grpc.method_handlers_generic_handler(SERVICE_NAME, {
+            "Generate": grpc.unary_stream_rpc_method_handler(
+                self.Generate, request_deserializer=None, response_serializer=None),
+            "Classify": grpc.unary_unary_rpc_method_handler(
+                self.Classify, request_deserializer=pb.ClassifyRequest.FromString,
+                response_serializer=pb.ClassifyResponse.SerializeToString),
+            "ListExperts": grpc.unary_unary_rpc_method_handler(
+                self.ListExperts, request_deserializer=pb.ListExpertsRequest.FromString,
+                response_serializer=pb.ListExpertsResponse.SerializeToString),
+        })
+
+
+def _relayed_error(err: grpc.aio.AioRpcError) -> UpstreamError:
+    return UpstreamError(err.code(), err.details() or "", tuple(err.trailing_metadata() or ()))

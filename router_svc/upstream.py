@@ -1,0 +1,456 @@
+"""Upstream experts: a pool of replicas per expert, their health, replica choice and opening a stream.
+
+Each replica has its own channel and watches the standard ``grpc.health.v1`` service (``Watch``,
+a server stream: a status change reaches the router at once; the watch reconnects with backoff).
+On top of that, passive ejection: ``eject_after`` consecutive failures take a replica out of
+rotation for a backoff that doubles with each ejection up to ``eject_max_s``; it comes back when
+the backoff has passed and its health says SERVING. ``pick()`` returns the healthy replica with the
+fewest outstanding requests (ties rotate); with more than ``P2C_THRESHOLD`` candidates it compares
+two at random (power of two choices), which spreads load as well at O(1).
+
+An expert's replicas are a fixed list or a DNS name re-resolved periodically; replicas that
+disappear from the answer leave rotation at once and close their channel when their last stream ends.
+
+``UpstreamPool.open()`` sends the request's original bytes and waits for the first response frame:
+a connection failure, UNAVAILABLE or RESOURCE_EXHAUSTED (a busy replica) before that frame is
+retried on another replica, up to ``max_attempts`` and within the deadline. After it, the caller
+relays frames itself and errors pass through.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from router_svc.config import UpstreamExpert, parse_address
+from router_svc.discovery import DnsWatcher, Resolver, resolve
+from router_svc.errors import ExpertUnavailable, UnknownExpert, UpstreamError
+from router_svc.metrics import RouterMetrics
+
+log = logging.getLogger("router_svc.upstream")
+
+GENERATE_PATH = "/expert_router.v1.Expert/Generate"
+EXPERT_SERVICE = "expert_router.v1.Expert"
+PROBE_TIMEOUT_S = 1.0
+FIRST_HEALTH_WAIT_S = 1.0
+WATCH_INITIAL_BACKOFF_S = 0.05
+P2C_THRESHOLD = 4
+SERVING = health_pb2.HealthCheckResponse.SERVING
+# Before the first frame these codes mean "this replica cannot take it now": another one may.
+RETRIED_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
+# Codes that count toward passive ejection (a bad request or a client deadline is not the replica's fault).
+FAILURE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN,
+                           grpc.StatusCode.DATA_LOSS})
+
+
+def channel_options(max_message_bytes: int, reconnect_max_s: float = 5.0) -> list[tuple[str, int]]:
+    """Options for every upstream channel: explicit message bounds and keepalive on long streams."""
+    return [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        # Detect a dead expert behind a quiet stream; 60 s stays above servers' default ping policy.
+        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.keepalive_permit_without_calls", 0),
+        ("grpc.http2.max_pings_without_data", 0),
+        # Reconnect quickly after an expert restarts (the default backoff grows to 2 minutes).
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", int(1000 * min(max(reconnect_max_s, 0.2), 5.0))),
+    ]
+
+
+@dataclass(frozen=True)
+class UpstreamSettings:
+    """The RouterConfig settings the pool uses."""
+
+    max_message_bytes: int = 4 * 1024 * 1024
+    health_interval_s: float = 2.0
+    dns_refresh_s: float = 10.0
+    eject_after: int = 3
+    eject_base_s: float = 1.0
+    eject_max_s: float = 30.0
+    max_attempts: int = 3
+
+    @classmethod
+    def from_config(cls, cfg) -> UpstreamSettings:
+        return cls(max_message_bytes=cfg.max_message_bytes, health_interval_s=cfg.health_interval_s,
+                   dns_refresh_s=cfg.dns_refresh_s, eject_after=cfg.eject_after,
+                   eject_base_s=cfg.eject_base_s, eject_max_s=cfg.eject_max_s, max_attempts=cfg.max_attempts)
+
+
+class Replica:
+    """One endpoint of an expert: its channel, health watch, ejection state and outstanding requests."""
+
+    def __init__(self, expert: str, address: str, settings: UpstreamSettings, metrics: RouterMetrics) -> None:
+        self.expert = expert
+        self.address = address
+        self._settings = settings
+        self._metrics = metrics
+        self.channel = grpc.aio.insecure_channel(
+            address, options=channel_options(settings.max_message_bytes, settings.health_interval_s))
+        self._generate = self.channel.unary_stream(
+            GENERATE_PATH, request_serializer=None, response_deserializer=None)
+        self._health = health_pb2_grpc.HealthStub(self.channel)
+        self._service = EXPERT_SERVICE
+        # None until the first health answer: unknown replicas are tried (the retry covers a wrong guess).
+        self.serving: bool | None = None
+        self.outstanding = 0
+        self.failures = 0
+        self.ejections = 0
+        self.ejected_until = 0.0
+        self.last_error = ""
+        self.first_status = asyncio.Event()
+        self._watcher: asyncio.Task[None] | None = None
+        self._closing = False
+
+    @property
+    def healthy(self) -> bool:
+        return self.serving is not False and (not self.ejected_until or time.monotonic() >= self.ejected_until)
+
+    @property
+    def ejected(self) -> bool:
+        return bool(self.ejected_until) and time.monotonic() < self.ejected_until
+
+    def generate(self, request: bytes, timeout: float | None,
+                 metadata: Sequence[tuple[str, str]] | None = None) -> grpc.aio.UnaryStreamCall:
+        return self._generate(request, timeout=timeout, metadata=metadata)
+
+    # Passive health -------------------------------------------------------------------------------
+
+    def record_success(self) -> None:
+        self.failures = 0
+        self.ejections = 0
+
+    def record_failure(self, reason: str) -> None:
+        """One more consecutive failure; at ``eject_after`` of them the replica is ejected."""
+        self.last_error = reason
+        self.failures += 1
+        if self.failures >= self._settings.eject_after and not self.ejected:
+            self.eject(reason)
+
+    def eject(self, reason: str) -> None:
+        """Out of rotation for base * 2^(ejections so far), capped."""
+        settings = self._settings
+        backoff = min(settings.eject_base_s * (2 ** min(self.ejections, 30)), settings.eject_max_s)
+        self.ejections += 1
+        self.failures = 0
+        self.ejected_until = time.monotonic() + backoff
+        self.last_error = reason
+        self._metrics.ejection(self.expert)
+        log.warning("expert %r replica %s ejected for %.1f s: %s", self.expert, self.address, backoff, reason)
+
+    # Active health --------------------------------------------------------------------------------
+
+    def _set_serving(self, serving: bool, reason: str = "") -> None:
+        if serving != self.serving:
+            if serving:
+                if self.serving is False:
+                    log.info("expert %r replica %s is serving again", self.expert, self.address)
+                self.last_error = ""
+            elif self.serving is not False:
+                log.warning("expert %r replica %s is not serving: %s", self.expert, self.address, reason)
+        if not serving:
+            self.last_error = reason
+        self.serving = serving
+        self.first_status.set()
+
+    def start(self) -> None:
+        self._watcher = asyncio.create_task(self._watch_forever(), name=f"health-{self.expert}-{self.address}")
+
+    async def _watch_forever(self) -> None:
+        backoff = WATCH_INITIAL_BACKOFF_S
+        cap = self._settings.health_interval_s
+        while True:
+            try:
+                await self._watch_once()
+                reason = "health watch ended"
+            except grpc.aio.AioRpcError as err:
+                if self._closing:
+                    return
+                if err.code() == grpc.StatusCode.UNIMPLEMENTED:
+                    await self._poll_forever()  # an expert without Watch: fall back to Check
+                    return
+                reason = f"{err.code().name}: {err.details()}"
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.exception("health watch of %s failed", self.address)
+                reason = f"health watch failed: {exc}"
+            else:
+                backoff = WATCH_INITIAL_BACKOFF_S
+            self._set_serving(False, reason)
+            await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
+            backoff = min(backoff * 2, cap)
+
+    async def _watch_once(self) -> None:
+        call = self._health.Watch(health_pb2.HealthCheckRequest(service=self._service))
+        try:
+            async for response in call:
+                if response.status == health_pb2.HealthCheckResponse.SERVICE_UNKNOWN and self._service:
+                    self._service = ""  # the expert reports only the server-wide status
+                    return await self._watch_once()
+                self._set_serving(response.status == SERVING,
+                                  f"health {health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)}")
+        finally:
+            call.cancel()
+
+    async def _poll_forever(self) -> None:
+        while True:
+            try:
+                response = await self._health.Check(health_pb2.HealthCheckRequest(service=self._service),
+                                                    timeout=PROBE_TIMEOUT_S)
+                self._set_serving(response.status == SERVING, "health check says not serving")
+            except grpc.aio.AioRpcError as err:
+                self._set_serving(False, f"{err.code().name}: {err.details()}")
+            await asyncio.sleep(self._settings.health_interval_s)
+
+    async def close(self, grace: float | None = None) -> None:
+        self._closing = True
+        if self._watcher is not None:
+            self._watcher.cancel()
+            try:
+                await self._watcher
+            except asyncio.CancelledError:
+                pass
+        await self.channel.close(grace)
+
+
+@dataclass(frozen=True)
+class ReplicaStatus:
+    """A snapshot of one replica for ListExperts."""
+
+    address: str
+    healthy: bool
+    outstanding: int
+
+
+class ExpertPool:
+    """The replicas of one expert: a fixed list, or whatever its DNS name resolves to now."""
+
+    def __init__(self, expert: UpstreamExpert, settings: UpstreamSettings | int, *,
+                 metrics: RouterMetrics | None = None, resolver: Resolver = resolve,
+                 rng: random.Random | None = None) -> None:
+        if isinstance(settings, int):  # max_message_bytes, as tests and older callers pass it
+            settings = UpstreamSettings(max_message_bytes=settings)
+        self.name = expert.name
+        self.spec = expert
+        self._settings = settings
+        self._metrics = metrics or RouterMetrics()
+        self._rng = rng or random.Random()
+        self.replicas: list[Replica] = []
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._turn = 0
+        self._started = False
+        self._dns: DnsWatcher | None = None
+        if expert.dns:
+            host, port = parse_address(f"experts.{expert.name}.dns", expert.dns)
+            self._dns = DnsWatcher(host, port, settings.dns_refresh_s, self.set_addresses, resolver=resolver,
+                                   what=f"expert {expert.name!r}")
+        else:
+            self.set_addresses(expert.addresses)
+
+    @property
+    def healthy(self) -> bool:
+        return any(replica.healthy for replica in self.replicas)
+
+    def set_addresses(self, addresses: Iterable[str]) -> None:
+        """New replicas join; missing ones leave rotation now and close after their last stream."""
+        wanted = list(dict.fromkeys(addresses))
+        current = {replica.address: replica for replica in self.replicas}
+        kept = []
+        for address in wanted:
+            replica = current.pop(address, None)
+            if replica is None:
+                replica = Replica(self.name, address, self._settings, self._metrics)
+                if self._started:
+                    replica.start()
+            kept.append(replica)
+        self.replicas = kept
+        for gone in current.values():
+            task = asyncio.get_running_loop().create_task(self._retire(gone))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+
+    async def _retire(self, replica: Replica) -> None:
+        while replica.outstanding:
+            await asyncio.sleep(0.05)
+        await replica.close()
+
+    async def start(self) -> None:
+        """Resolves (DNS) and starts watching health; waits briefly for the first health answers."""
+        self._started = True
+        if self._dns is not None:
+            await self._dns.start()
+        for replica in self.replicas:
+            replica.start()
+        waits = [replica.first_status.wait() for replica in self.replicas]
+        if waits:
+            await asyncio.wait([asyncio.ensure_future(w) for w in waits], timeout=FIRST_HEALTH_WAIT_S)
+
+    def pick(self, exclude: Iterable[Replica] = ()) -> Replica | None:
+        """A healthy replica with few outstanding requests, or None."""
+        excluded = set(map(id, exclude))
+        candidates = [r for r in self.replicas if id(r) not in excluded and r.healthy]
+        if not candidates:
+            return None
+        if len(candidates) > P2C_THRESHOLD:
+            first, second = self._rng.sample(candidates, 2)
+            return first if first.outstanding <= second.outstanding else second
+        n = len(self.replicas)
+        turn = self._turn
+        self._turn = (turn + 1) % n
+        order = {id(r): (i - turn) % n for i, r in enumerate(self.replicas)}
+        return min(candidates, key=lambda r: (r.outstanding, order[id(r)]))
+
+    def unavailable(self, reason: str | None = None) -> ExpertUnavailable:
+        if reason is None:
+            if not self.replicas:
+                dns_error = self._dns.last_error if self._dns is not None else ""
+                reason = "no replica" + (f" ({dns_error})" if dns_error else "")
+            else:
+                errors = sorted({r.last_error for r in self.replicas if r.last_error})
+                reason = "no healthy replica" + (f" ({'; '.join(errors)})" if errors else "")
+        where = [r.address for r in self.replicas] or [self.spec.describe()]
+        return ExpertUnavailable(self.name, where, reason)
+
+    @property
+    def outstanding(self) -> int:
+        return sum(replica.outstanding for replica in self.replicas)
+
+    async def close(self, grace: float | None = None) -> None:
+        if self._dns is not None:
+            await self._dns.close()
+        replicas, self.replicas = self.replicas, []
+        await asyncio.gather(*(replica.close(grace) for replica in replicas))
+        if self._retiring:
+            await asyncio.gather(*self._retiring, return_exceptions=True)
+
+
+class UpstreamStream:
+    """An upstream call whose first frame has arrived; ``finish()`` must be called once at the end."""
+
+    __slots__ = ("attempts", "call", "first", "replica")
+
+    def __init__(self, replica: Replica, call: grpc.aio.UnaryStreamCall, first: bytes | object,
+                 attempts: int) -> None:
+        self.replica = replica
+        self.call = call
+        self.first = first
+        self.attempts = attempts
+
+    def finish(self, code: grpc.StatusCode | None) -> None:
+        """Releases the replica; ``code`` is the upstream's status (None: the client went away)."""
+        replica = self.replica
+        replica.outstanding -= 1
+        # Cancels the expert's generation when the client went away or the relay ended early.
+        self.call.cancel()
+        if code is grpc.StatusCode.OK:
+            replica.record_success()
+        elif code in FAILURE_CODES:
+            replica.record_failure(f"{code.name} mid-stream")
+
+
+class UpstreamPool:
+    """Every configured expert's replicas, and the opening of a Generate call on one of them."""
+
+    def __init__(self, experts: Sequence[UpstreamExpert], *, max_message_bytes: int | None = None,
+                 health_interval_s: float | None = None, settings: UpstreamSettings | None = None,
+                 metrics: RouterMetrics | None = None, resolver: Resolver = resolve) -> None:
+        if settings is None:
+            settings = UpstreamSettings()
+        changes = {key: value for key, value in (("max_message_bytes", max_message_bytes),
+                                                  ("health_interval_s", health_interval_s)) if value is not None}
+        if changes:
+            settings = UpstreamSettings(**{**settings.__dict__, **changes})
+        self.settings = settings
+        self.metrics = metrics or RouterMetrics()
+        self.experts: dict[str, ExpertPool] = {
+            e.name: ExpertPool(e, settings, metrics=self.metrics, resolver=resolver) for e in experts}
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self.experts)
+
+    def expert(self, name: str) -> ExpertPool:
+        try:
+            return self.experts[name]
+        except KeyError:
+            raise UnknownExpert(name, self.names) from None
+
+    def replicas(self) -> list[Replica]:
+        return [replica for pool in self.experts.values() for replica in pool.replicas]
+
+    async def start(self) -> None:
+        """Resolves DNS names and starts the health watches (waiting briefly for first answers)."""
+        await asyncio.gather(*(pool.start() for pool in self.experts.values()))
+
+    @property
+    def outstanding(self) -> int:
+        return sum(pool.outstanding for pool in self.experts.values())
+
+    async def close(self, grace: float | None = None) -> None:
+        await asyncio.gather(*(pool.close(grace) for pool in self.experts.values()))
+
+    def status(self) -> list[tuple[str, list[ReplicaStatus]]]:
+        return [
+            (name, [ReplicaStatus(r.address, r.healthy, r.outstanding) for r in pool.replicas])
+            for name, pool in self.experts.items()
+        ]
+
+    async def open(self, expert: str, request: bytes, timeout: float | None,
+                   metadata: Sequence[tuple[str, str]] | None = None) -> UpstreamStream:
+        """Starts ``request`` on a replica of ``expert`` and returns once its first frame is in.
+
+        Raises ExpertUnavailable when no replica could take it (after up to ``max_attempts``
+        replicas), UpstreamError for the expert's own error statuses.
+        """
+        pool = self.expert(expert)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        tried: list[Replica] = []
+        last: grpc.aio.AioRpcError | None = None
+        for _ in range(self.settings.max_attempts):
+            replica = pool.pick(exclude=tried)
+            if replica is None:
+                break
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                break
+            tried.append(replica)
+            replica.outstanding += 1
+            call = replica.generate(request, remaining, metadata)
+            try:
+                first = await call.read()
+            except grpc.aio.AioRpcError as err:
+                replica.outstanding -= 1
+                code = err.code()
+                self.metrics.upstream_error(expert, code)
+                if code in FAILURE_CODES:
+                    replica.record_failure(err.details() or code.name)
+                if code in RETRIED_CODES:
+                    last = err
+                    if tried and len(tried) < self.settings.max_attempts:
+                        log.info("expert %r replica %s: %s before the first frame; trying another replica",
+                                 expert, replica.address, code.name)
+                    continue
+                raise _upstream_error(err) from None
+            except BaseException:
+                replica.outstanding -= 1
+                call.cancel()
+                raise
+            return UpstreamStream(replica, call, first, len(tried))
+        if last is not None and last.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            raise _upstream_error(last)  # every replica tried was busy: the expert's own status
+        if last is not None:
+            reason = f"{len(tried)} replica(s) failed: {last.code().name}: {last.details()}"
+            raise pool.unavailable(reason)
+        raise pool.unavailable()
+
+
+def _upstream_error(err: grpc.aio.AioRpcError) -> UpstreamError:
+    return UpstreamError(err.code(), err.details() or "", tuple(err.trailing_metadata() or ()))

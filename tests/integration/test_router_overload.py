@@ -1,0 +1,99 @@
+"""Admission control against real servers: over the bound RESOURCE_EXHAUSTED at once, or a FIFO queue."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+import pytest
+
+from expert_router.v1 import expert_router_pb2 as pb
+from expert_router.v1 import expert_router_pb2_grpc as pb_grpc
+
+
+def long_request(max_tokens: int = 200) -> pb.GenerateRequest:
+    return pb.GenerateRequest(prompt="hi", sampling=pb.SamplingParams(max_tokens=max_tokens))
+
+
+async def drain(call) -> list[pb.GenerateResponse]:
+    frames = []
+    while (frame := await call.read()) is not grpc.aio.EOF:
+        frames.append(frame)
+    return frames
+
+
+async def test_over_the_bound_is_refused_at_once_with_a_retry_hint(start_router, start_expert, channels) -> None:
+    expert = await start_expert("general", tokens_per_second=20.0)
+    router = await start_router({"general": [expert.address]}, max_in_flight=2, retry_after_ms=350)
+    stub = pb_grpc.RouterStub(channels(router.address))
+    running = [stub.Generate(long_request()) for _ in range(2)]
+    for call in running:
+        assert (await call.read()).text
+
+    started = time.perf_counter()
+    refused = stub.Generate(long_request())
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await drain(refused)
+    elapsed = time.perf_counter() - started
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "the router is at capacity (2 streams in flight, max_in_flight)" in info.value.details()
+    assert dict(info.value.trailing_metadata())["retry-after-ms"] == "350"
+    assert elapsed < 0.5  # refused, not queued behind the 10 s streams
+    assert expert.engine.stats.started == 2
+
+    for call in running:
+        call.cancel()
+    await asyncio.sleep(0.1)
+    frames = await drain(stub.Generate(long_request(2)))  # slots are free again
+    assert frames[-1].usage.completion_tokens == 2
+
+
+async def test_per_expert_bound_leaves_other_experts_alone(start_router, start_expert, channels) -> None:
+    math, general = await start_expert("math", tokens_per_second=20.0), await start_expert("general")
+    router = await start_router({"math": [math.address], "general": [general.address]},
+                                max_in_flight_per_expert=1)
+    stub = pb_grpc.RouterStub(channels(router.address))
+    busy = stub.Generate(pb.GenerateRequest(prompt="solve x", sampling=pb.SamplingParams(max_tokens=200)))
+    assert (await busy.read()).text
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await drain(stub.Generate(pb.GenerateRequest(prompt="solve y")))
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "expert 'math' is at capacity" in info.value.details()
+    frames = await drain(stub.Generate(pb.GenerateRequest(prompt="hello", sampling=pb.SamplingParams(max_tokens=2))))
+    assert frames[-1].usage.completion_tokens == 2
+    busy.cancel()
+
+
+async def test_queue_admits_in_order_and_times_out(start_router, start_expert, channels) -> None:
+    expert = await start_expert("general", tokens_per_second=200.0)
+    router = await start_router({"general": [expert.address]}, max_in_flight=1, queue_size=2,
+                                queue_timeout_s=3.0)
+    stub = pb_grpc.RouterStub(channels(router.address))
+    first = stub.Generate(long_request(20))  # ~0.1 s
+    assert (await first.read()).text
+    queued = [stub.Generate(pb.GenerateRequest(request_id=f"q{i}", prompt="hi",
+                                               sampling=pb.SamplingParams(max_tokens=3))) for i in range(2)]
+    await asyncio.sleep(0.05)
+    assert router.admission.queued == 2
+    over = stub.Generate(long_request(2))  # the queue is full: refused at once
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await drain(over)
+    assert "the queue is full (2 waiting)" in info.value.details()
+    await drain(first)
+    results = [await drain(call) for call in queued]
+    assert all(frames[-1].usage.completion_tokens == 3 for frames in results)
+    assert router.admission.total == 0 and router.admission.queued == 0
+
+    # A waiter whose slot never frees gives up after queue_timeout_s.
+    short = await start_router({"general": [expert.address]}, max_in_flight=1, queue_size=1,
+                               queue_timeout_s=0.2)
+    stub = pb_grpc.RouterStub(channels(short.address))
+    holder = stub.Generate(long_request(200))
+    assert (await holder.read()).text
+    started = time.perf_counter()
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await drain(stub.Generate(long_request(2)))
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "no slot freed within 0.2 s" in info.value.details()
+    assert 0.15 < time.perf_counter() - started < 1.5
+    holder.cancel()

@@ -1,0 +1,194 @@
+"""The router and `make run`'s local stack as real processes: startup, a call through them, clean exit."""
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+
+from expert_router.v1 import expert_router_pb2 as pb
+from expert_router.v1 import expert_router_pb2_grpc as pb_grpc
+from router_svc.config import LOCAL_EXPERT_PORTS
+
+ARTIFACT = Path(__file__).resolve().parents[2] / "router_svc" / "classifier_data" / "model.onnx"
+needs_classifier = pytest.mark.skipif(not ARTIFACT.exists(),
+                                      reason="the packaged classifier is not built yet")
+
+
+async def read_until(stream: asyncio.StreamReader, pattern: str, timeout: float) -> tuple[re.Match, str]:
+    seen = []
+    async def scan():
+        while True:
+            line = await stream.readline()
+            if not line:
+                raise AssertionError("process ended before printing " + pattern + ":\n" + "".join(seen[-30:]))
+            text = line.decode(errors="replace")
+            seen.append(text)
+            if match := re.search(pattern, text):
+                return match
+    return await asyncio.wait_for(scan(), timeout), "".join(seen)
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def processes_mentioning(text: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if text in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                    pids.append(int(entry.name))
+            except OSError:
+                pass
+    return pids
+
+
+async def test_bad_config_file_exits_2_naming_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "router.yaml"
+    path.write_text("experts: {general: '127.0.0.1:1'}\nmin_confidence: lots\n")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "router_svc", "--config", str(path),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    _, stderr = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 2
+    assert "min_confidence: expected a number" in stderr.decode()
+
+
+@needs_classifier
+async def test_router_process_serves_and_exits_0_on_sigterm(start_expert) -> None:
+    expert = await start_expert("general", tokens_per_second=20.0)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "router_svc", "--listen", "127.0.0.1:0",
+        "--expert", f"general={expert.address}",
+        stderr=asyncio.subprocess.PIPE)
+    try:
+        match, _ = await read_until(process.stderr, r"router listening on (127\.0\.0\.1:\d+)", 60)
+        async with grpc.aio.insecure_channel(match.group(1)) as channel:
+            stub = pb_grpc.RouterStub(channel)
+            call = stub.Generate(pb.GenerateRequest(prompt="hello",
+                                                    sampling=pb.SamplingParams(max_tokens=10)))
+            assert (await call.read()).text
+            process.send_signal(signal.SIGTERM)  # mid-stream: the stream is drained, not cut
+            rest = []
+            while (frame := await call.read()) is not grpc.aio.EOF:
+                rest.append(frame)
+            assert rest[-1].usage.completion_tokens == 10
+        assert await asyncio.wait_for(process.wait(), 30) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+@needs_classifier
+@pytest.mark.slow
+async def test_local_stack_starts_routes_and_stops_cleanly(tmp_path: Path) -> None:
+    router_port, *expert_ports = free_ports(7)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "router_svc.local_stack", "--engine", "synthetic",
+        "--router-port", str(router_port),
+        "--expert-ports", ",".join(map(str, expert_ports)), "--log-dir", str(tmp_path),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+    try:
+        _, printed = await read_until(process.stdout, r"Ctrl-C stops everything", 120)
+        assert f"Expert Router is up on 127.0.0.1:{router_port}" in printed
+        assert "generate" in printed and "grpcurl" in printed
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{router_port}") as channel:
+            stub = pb_grpc.RouterStub(channel)
+            listed = await stub.ListExperts(pb.ListExpertsRequest())
+            assert [e.name for e in listed.experts] == list(LOCAL_EXPERT_PORTS)
+            assert all(e.healthy for e in listed.experts)
+            call = stub.Generate(pb.GenerateRequest(prompt="Write a Python function that sorts a list.",
+                                                    sampling=pb.SamplingParams(max_tokens=3)))
+            frames = [frame async for frame in call]
+            assert (await call.initial_metadata())["x-expert"] == "code"
+            assert frames[-1].usage.completion_tokens == 3
+        assert len(processes_mentioning(f"--listen 127.0.0.1:{expert_ports[0]}")) == 1
+
+        process.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(process.wait(), 60) == 0
+        for port in expert_ports:
+            assert processes_mentioning(f"--listen 127.0.0.1:{port}") == []
+        assert all(port_is_free(port) for port in (router_port, *expert_ports))
+    finally:
+        if process.returncode is None:
+            os.kill(process.pid, signal.SIGKILL)
+            await process.wait()
+
+
+@needs_classifier
+async def test_workers_share_one_port_and_exit_0_on_sigterm(start_expert, tmp_path: Path) -> None:
+    import json
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    expert = await start_expert("general")
+    metrics_port, = free_ports(1)
+    log_path = tmp_path / "router.log"
+    with open(log_path, "wb") as log_file:  # noqa: ASYNC230 - a test, before any server runs
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "router_svc", "--listen", "127.0.0.1:0", "--workers", "2",
+            "--expert", f"general={expert.address}", "--metrics-listen", f"127.0.0.1:{metrics_port}",
+            stderr=log_file)
+    try:
+        for _ in range(600):
+            if log_path.read_text().count("router listening on") == 2:
+                break
+            await asyncio.sleep(0.05)
+        text = log_path.read_text()
+        addresses = set(re.findall(r"router listening on (127\.0\.0\.1:\d+)", text))
+        assert len(addresses) == 1, text  # both workers on the port the parent picked
+        address = addresses.pop()
+        request = pb.GenerateRequest(prompt="hello", sampling=pb.SamplingParams(max_tokens=2))
+        for _ in range(16):  # a new connection each time: the kernel spreads them over the workers
+            async with grpc.aio.insecure_channel(address) as channel:
+                frames = [frame async for frame in pb_grpc.RouterStub(channel).Generate(request)]
+                assert frames[-1].usage.completion_tokens == 2
+        requests = [json.loads(line) for line in log_path.read_text().splitlines()
+                    if line.startswith("{") and '"event":"request"' in line]
+        assert len(requests) == 16
+        assert len({r["pid"] for r in requests}) == 2
+        assert process.pid not in {r["pid"] for r in requests}
+
+        def scrape() -> float:
+            with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
+                body = response.read().decode()
+            return sum(sample.value for family in text_string_to_metric_families(body)
+                       for sample in family.samples
+                       if sample.name == "router_requests_total" and sample.labels.get("code") == "OK")
+
+        assert await asyncio.to_thread(scrape) == 16  # the parent adds up both workers
+
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 30) == 0
+        assert port_is_free(int(address.rpartition(":")[2]))
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()

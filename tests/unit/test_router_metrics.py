@@ -1,0 +1,34 @@
+"""Metrics: locally counted inter-token gaps add up to exactly what Histogram.observe would record."""
+from __future__ import annotations
+
+import random
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+from router_svc.metrics import ITL_BOUNDS, ITL_BUCKETS, RouterMetrics, add_observations, itl_bucket
+
+
+def test_bulk_add_matches_observe() -> None:
+    gaps = [random.Random(7).uniform(0, 3) for _ in range(500)] + list(ITL_BUCKETS)  # edges included
+    direct_registry, bulk_registry = CollectorRegistry(), CollectorRegistry()
+    direct = Histogram("itl", "x", buckets=ITL_BUCKETS, registry=direct_registry)
+    bulk = Histogram("itl", "x", buckets=ITL_BUCKETS, registry=bulk_registry)
+    for gap in gaps:
+        direct.observe(gap)
+    counts = [0] * len(ITL_BOUNDS)
+    for gap in gaps:
+        counts[itl_bucket(gap)] += 1
+    add_observations(bulk, counts, sum(gaps))
+
+    def lines(registry):
+        return [line for line in generate_latest(registry).decode().splitlines() if "_created" not in line]
+
+    assert lines(direct_registry) == lines(bulk_registry)
+
+
+def test_router_metrics_bind_children_once_and_have_own_registry() -> None:
+    first, second = RouterMetrics(), RouterMetrics()  # two routers in one process: no name clash
+    assert first.expert("math") is first.expert("math")
+    first.expert("math").frames.inc(3)
+    assert first.registry.get_sample_value("router_frames_relayed_total", {"expert": "math"}) == 3
+    assert second.registry.get_sample_value("router_frames_relayed_total", {"expert": "math"}) is None

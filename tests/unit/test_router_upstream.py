@@ -1,0 +1,121 @@
+"""Replica choice: healthy replicas only, fewest outstanding requests first, ties rotate."""
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from router_svc.config import UpstreamExpert
+from router_svc.errors import ExpertUnavailable, UnknownExpert
+from router_svc.upstream import ExpertPool, UpstreamPool, channel_options
+
+
+@pytest.fixture
+async def pool():
+    # Channels connect lazily: nothing touches the network until a call is made.
+    expert_pool = ExpertPool(UpstreamExpert("math", ("10.0.0.1:1", "10.0.0.2:1", "10.0.0.3:1")), 1 << 20)
+    yield expert_pool
+    for replica in expert_pool.replicas:
+        await replica.close()
+
+
+async def test_pick_prefers_fewest_outstanding(pool: ExpertPool) -> None:
+    a, b, c = pool.replicas
+    a.outstanding, b.outstanding, c.outstanding = 3, 1, 2
+    assert pool.pick() is b
+    b.outstanding = 5
+    assert pool.pick() is c
+
+
+async def test_ties_rotate(pool: ExpertPool) -> None:
+    picks = [pool.pick().address for _ in range(6)]
+    assert picks == ["10.0.0.1:1", "10.0.0.2:1", "10.0.0.3:1"] * 2
+
+
+async def test_unhealthy_and_excluded_replicas_are_skipped(pool: ExpertPool) -> None:
+    a, b, c = pool.replicas
+    a.outstanding = 0
+    b.outstanding = c.outstanding = 9
+    a.eject("connection refused")
+    assert pool.pick() in (b, c)
+    assert pool.pick(exclude=[b]) is c
+    assert pool.pick(exclude=[b, c]) is None
+    assert pool.healthy
+    b.eject("x")
+    c.eject("y")
+    assert not pool.healthy and pool.pick() is None
+    error = pool.unavailable()
+    assert isinstance(error, ExpertUnavailable) and error.code == grpc.StatusCode.UNAVAILABLE
+    assert "expert 'math' is unavailable at 10.0.0.1:1, 10.0.0.2:1, 10.0.0.3:1" in str(error)
+    assert "connection refused" in str(error)
+
+
+async def test_unknown_expert_lists_the_known_ones() -> None:
+    upstream = UpstreamPool([UpstreamExpert("math", ("h:1",)), UpstreamExpert("law", ("h:2",))],
+                            max_message_bytes=1 << 20, health_interval_s=1.0)
+    try:
+        with pytest.raises(UnknownExpert, match="unknown expert 'poetry'; known experts: math, law"):
+            upstream.expert("poetry")
+        assert [name for name, _ in upstream.status()] == ["math", "law"]
+    finally:
+        await upstream.close()
+
+
+def test_channel_options_bound_messages() -> None:
+    options = dict(channel_options(12345))
+    assert options["grpc.max_send_message_length"] == options["grpc.max_receive_message_length"] == 12345
+    assert options["grpc.keepalive_time_ms"] > 0
+
+
+async def test_power_of_two_choices_with_many_replicas() -> None:
+    import random
+
+    from router_svc.upstream import P2C_THRESHOLD
+
+    addresses = tuple(f"10.0.1.{i}:1" for i in range(P2C_THRESHOLD + 4))
+    pool = ExpertPool(UpstreamExpert("math", addresses), 1 << 20, rng=random.Random(3))
+    try:
+        for i, replica in enumerate(pool.replicas):
+            replica.outstanding = i
+        picks = [pool.pick() for _ in range(400)]
+        # Each pick is the lesser of two random replicas: never the busiest, often the idle ones.
+        assert pool.replicas[-1] not in picks
+        assert len({id(p) for p in picks}) >= len(addresses) - 2
+        counts = [sum(p is r for p in picks) for r in pool.replicas]
+        assert counts[0] > counts[-2]
+    finally:
+        await pool.close()
+
+
+async def test_set_addresses_keeps_known_replicas_and_retires_the_rest() -> None:
+    pool = ExpertPool(UpstreamExpert("math", dns="math.test:1"), 1 << 20)
+    pool.set_addresses(["10.0.0.1:1", "10.0.0.2:1"])
+    first = pool.replicas[0]
+    first.outstanding = 1  # a stream in flight on it
+    pool.set_addresses(["10.0.0.2:1", "10.0.0.3:1"])
+    assert [r.address for r in pool.replicas] == ["10.0.0.2:1", "10.0.0.3:1"]
+    assert first not in pool.replicas and not first._closing  # still open for its stream
+    first.outstanding = 0
+    import asyncio
+
+    for _ in range(50):
+        if first._closing:
+            break
+        await asyncio.sleep(0.02)
+    assert first._closing
+    await pool.close()
+
+
+async def test_unknown_dns_name_is_unavailable_with_the_reason() -> None:
+    from router_svc.upstream import UpstreamSettings
+
+    async def failing(host: str, port: int):
+        raise OSError(-2, "Name or service not known")
+
+    pool = ExpertPool(UpstreamExpert("math", dns="nowhere.test:1"), UpstreamSettings(), resolver=failing)
+    await pool.start()
+    try:
+        error = pool.unavailable()
+        assert "expert 'math' is unavailable at dns:///nowhere.test:1" in str(error)
+        assert "DNS lookup of nowhere.test failed: Name or service not known" in str(error)
+    finally:
+        await pool.close()
