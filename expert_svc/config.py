@@ -9,6 +9,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .tls import server_credentials
+
 ENGINES = ("llamacpp", "synthetic", "trtllm")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -61,6 +63,12 @@ class ExpertConfig:
     max_batch_size: int | None = None
     max_num_tokens: int | None = None
     tensor_parallel_size: int = 1
+    # TLS: certificate and key together; a client CA makes it mutual TLS (client certificates
+    # signed by that CA are required).
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    reflection: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):
@@ -110,8 +118,27 @@ class ExpertConfig:
                 f"max_prompt_bytes ({self.max_prompt_bytes}) cannot exceed max_message_bytes "
                 f"({self.max_message_bytes})"
             )
+        self._check_tls()
         if self.log_level.upper() not in LOG_LEVELS:
             raise ValueError(f"log level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
+
+    def _check_tls(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("--tls-cert and --tls-key go together: give both or neither")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key as well")
+        if self.tls_cert is not None:
+            # Loads and checks the files now, so a bad path or a key that does not match the
+            # certificate stops the process at startup instead of failing every handshake.
+            server_credentials(self.tls_cert, self.tls_key, self.tls_client_ca, self.mutual_tls)
+
+    @property
+    def tls_enabled(self) -> bool:
+        return self.tls_cert is not None
+
+    @property
+    def mutual_tls(self) -> bool:
+        return self.tls_client_ca is not None
 
     @property
     def effective_threads(self) -> int:
@@ -190,7 +217,34 @@ def build_arg_parser() -> argparse.ArgumentParser:
         default=10.0,
         help="seconds in-flight streams get to finish on SIGTERM (default 10)",
     )
+    parser.add_argument(
+        "--max-prompt-bytes",
+        type=int,
+        default=256 * 1024,
+        help="largest prompt (UTF-8 bytes, all messages together); larger ones get INVALID_ARGUMENT "
+        "(default 262144)",
+    )
+    parser.add_argument(
+        "--max-message-bytes",
+        type=int,
+        default=4 * 1024 * 1024,
+        help="largest gRPC message received or sent; larger ones get RESOURCE_EXHAUSTED (default 4194304)",
+    )
+    parser.add_argument(
+        "--no-reflection",
+        dest="reflection",
+        action="store_false",
+        help="do not serve gRPC server reflection (on by default so grpcurl works)",
+    )
     parser.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS)
+    tls = parser.add_argument_group("TLS")
+    tls.add_argument("--tls-cert", metavar="FILE", help="PEM certificate (chain) to serve TLS with")
+    tls.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
+    tls.add_argument(
+        "--tls-client-ca",
+        metavar="FILE",
+        help="PEM CA: require client certificates signed by it (mutual TLS)",
+    )
     trt = parser.add_argument_group("trtllm engine")
     trt.add_argument("--tokenizer", help="Hugging Face tokenizer directory (default: the model directory)")
     trt.add_argument("--kv-cache-fraction", type=float, default=0.9,

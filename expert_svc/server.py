@@ -12,17 +12,19 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from expert_router.v1 import expert_router_pb2 as pb
-from expert_router.v1 import expert_router_pb2_grpc as pb_grpc
 
 from .config import ExpertConfig, split_host_port
 from .convert import RequestLimits
 from .engines import Engine, create_engine
-from .servicer import ExpertServicer
+from .servicer import ExpertServicer, add_expert_servicer
+from .tls import server_credentials
 
 log = logging.getLogger(__name__)
 
 EXPERT_SERVICE = pb.DESCRIPTOR.services_by_name["Expert"].full_name
 _WILDCARD_HOSTS = {"0.0.0.0", "[::]", "::", ""}
+# Clients (routers) may send keepalive pings this often without being told "too many pings".
+MIN_CLIENT_PING_INTERVAL_MS = 1000
 
 
 @dataclass
@@ -56,6 +58,18 @@ class RunningExpert:
         log.info("expert %s stopped", self.config.name)
 
 
+def server_options(cfg: ExpertConfig) -> list[tuple[str, int]]:
+    """gRPC server options: explicit message limits both ways, and a keepalive policy that lets a
+    router ping every second, so it notices a dead or cut-off expert in seconds, not minutes."""
+    return [
+        ("grpc.max_receive_message_length", cfg.max_message_bytes),
+        ("grpc.max_send_message_length", cfg.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", MIN_CLIENT_PING_INTERVAL_MS),
+    ]
+
+
 def _request_limits(cfg: ExpertConfig, context_length: int | None) -> RequestLimits:
     return RequestLimits(
         context_length=context_length or RequestLimits.context_length,
@@ -70,22 +84,21 @@ async def start(cfg: ExpertConfig) -> RunningExpert:
     limits = _request_limits(cfg, cfg.context_length)
     servicer = ExpertServicer(cfg.name, engine, limits, cfg.max_concurrency)
     health_servicer = health.aio.HealthServicer()
-    server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", cfg.max_message_bytes),
-            ("grpc.max_send_message_length", cfg.max_message_bytes),
-            ("grpc.so_reuseport", 0),
-        ]
-    )
-    pb_grpc.add_ExpertServicer_to_server(servicer, server)
+    server = grpc.aio.server(options=server_options(cfg))
+    add_expert_servicer(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (EXPERT_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    if cfg.reflection:
+        reflection.enable_server_reflection(
+            (EXPERT_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
     for service in ("", EXPERT_SERVICE):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
     try:
-        port = server.add_insecure_port(cfg.listen)
+        if cfg.tls_enabled:
+            credentials = server_credentials(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca, cfg.mutual_tls)
+            port = server.add_secure_port(cfg.listen, credentials)
+        else:
+            port = server.add_insecure_port(cfg.listen)
     except RuntimeError as exc:
         raise OSError(f"could not listen on {cfg.listen}: {exc}") from exc
     if port == 0:
