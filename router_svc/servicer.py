@@ -10,6 +10,7 @@ disturbs a stream in flight.
 """
 from __future__ import annotations
 
+import logging
 import math
 import time
 import uuid
@@ -35,7 +36,7 @@ from router_svc.errors import (
     abort_with,
     status_for,
 )
-from router_svc.logging_setup import log_request
+from router_svc.logging_setup import log_request, request_log
 from router_svc.metrics import ITL_BOUNDS, RouterMetrics, add_observations
 from router_svc.upstream import UpstreamPool, UpstreamStream
 
@@ -346,17 +347,24 @@ class RouterServicer:
                 self._metrics.expert(route.expert).request_done(code)
             else:
                 self._metrics.rejected_before_routing(code)
-            fields = {
-                "request_id": request_id, "expert": route.expert if route else "",
-                "source": route.source if route else "", "replica": stream.replica.address if stream else "",
-                "attempts": stream.attempts if stream else 0, "status": code.name,
-                "ttft_ms": round(1000 * ttft, 3) if ttft is not None else None, "frames": frames,
-                "duration_ms": round(1000 * (time.perf_counter() - received), 3),
-            }
-            if self.log_prompts and message is not None:
-                fields["prompt"] = message.prompt or [[m.role, m.content] for m in message.messages]
-                fields["output"] = "".join(pb.GenerateResponse.FromString(f).text for f in outputs or ())
-            log_request(fields)
+            if request_log.isEnabledFor(logging.INFO):
+                self._log(request_id, route, stream, code, ttft, frames, received, message, outputs)
+
+    def _log(self, request_id: str, route: Route | None, stream: UpstreamStream | None, code: grpc.StatusCode,
+             ttft: float | None, frames: int, received: float, message: pb.GenerateRequest | None,
+             outputs: list[bytes] | None) -> None:
+        """The request's log line; only built when it is emitted (INFO)."""
+        fields = {
+            "request_id": request_id, "expert": route.expert if route else "",
+            "source": route.source if route else "", "replica": stream.replica.address if stream else "",
+            "attempts": stream.attempts if stream else 0, "status": code.name,
+            "ttft_ms": round(1000 * ttft, 3) if ttft is not None else None, "frames": frames,
+            "duration_ms": round(1000 * (time.perf_counter() - received), 3),
+        }
+        if self.log_prompts and message is not None:
+            fields["prompt"] = message.prompt or [[m.role, m.content] for m in message.messages]
+            fields["output"] = "".join(pb.GenerateResponse.FromString(f).text for f in outputs or ())
+        log_request(fields)
 
     async def Classify(self, request: pb.ClassifyRequest,
                        context: grpc.aio.ServicerContext) -> pb.ClassifyResponse:

@@ -1,4 +1,5 @@
-"""The micro-batcher: concurrent requests share classifier calls; a lone request is not delayed."""
+"""The micro-batcher: concurrent requests share classifier calls; a lone request is not delayed
+(and is scored on the loop once the classifier has proved fast)."""
 from __future__ import annotations
 
 import asyncio
@@ -97,3 +98,38 @@ async def test_cancelled_request_is_skipped_and_close_refuses_new_work() -> None
     await batcher.close()
     with pytest.raises(RuntimeError, match="closed"):
         await batcher.score("late")
+
+
+async def test_a_fast_classifier_scores_lone_prompts_inline_a_slow_one_never() -> None:
+    from router_svc import batching
+
+    fast = FakeClassifier()
+    batcher = MicroBatcher(fast.predict_batch)
+    try:
+        for _ in range(batching.INLINE_AFTER):  # measured off the loop first
+            await batcher.score("warm")
+        assert threading.main_thread().name not in fast.threads and batcher.inline == 0
+        row = await batcher.score("abcd")
+        assert row.tolist() == [4.0, 1.0]
+        assert threading.main_thread().name in fast.threads and batcher.inline == 1
+        # Too long a prompt goes to the thread even now.
+        await batcher.score("x" * (batching.INLINE_MAX_CHARS + 1))
+        assert batcher.inline == 1
+    finally:
+        await batcher.close()
+
+    def slow(texts):
+        deadline = time.thread_time() + 2 * batching.INLINE_BUDGET_S
+        while time.thread_time() < deadline:  # CPU, as a large model would burn
+            pass
+        threads.add(threading.current_thread().name)
+        return np.ones((len(texts), 2), dtype=np.float32)
+
+    threads: set[str] = set()
+    batcher = MicroBatcher(slow)
+    try:
+        for _ in range(batching.INLINE_AFTER + 4):
+            await batcher.score("a")
+        assert batcher.inline == 0 and threading.main_thread().name not in threads
+    finally:
+        await batcher.close()
