@@ -5,8 +5,9 @@ product; this module is their plain Python face.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from core._featurizer import Featurizer
 from core._routing import Decision, decide, rank
@@ -31,7 +32,7 @@ class FeaturizerConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "FeaturizerConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> FeaturizerConfig:
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"unknown featurizer parameter(s): {', '.join(sorted(unknown))}")

@@ -71,7 +71,8 @@ class ReferenceFeaturizer:
 
     def _ids(self, text: str) -> list[int]:
         if not isinstance(text, str):
-            raise ValueError(f"a prompt must be a str, got {type(text).__name__}")
+            # ValueError, like the compiled featurizer: callers handle one error type for bad prompts.
+            raise ValueError(f"a prompt must be a str, got {type(text).__name__}")  # noqa: TRY004
         data = text[: self.max_chars].lower().encode("utf-8", "surrogatepass")
         ids: list[int] = []
         prev = None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 # name -> (module under router_svc.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {

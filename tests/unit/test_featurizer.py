@@ -38,8 +38,8 @@ def test_compiled_module_is_in_use() -> None:
 
 def test_ids_are_stable_across_processes(featurizer: core.Featurizer) -> None:
     text = "Prove that the square root of 2 is irrational."
-    code = ("import core; ids, _ = core.FeaturizerConfig().build().transform(%r); "
-            "print(','.join(map(str, ids.tolist())))" % text)
+    code = (f"import core; ids, _ = core.FeaturizerConfig().build().transform({text!r}); "
+            "print(','.join(map(str, ids.tolist())))")
     outputs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                               check=True, env={"PYTHONHASHSEED": seed}).stdout.strip()
                for seed in ("1", "2")}
@@ -102,8 +102,8 @@ def test_non_str_is_a_clear_value_error(featurizer: core.Featurizer, bad: object
         featurizer.transform(bad)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("kwargs", [dict(num_buckets=0), dict(char_ngram_min=4, char_ngram_max=3),
-                                    dict(max_chars=0)])
+@pytest.mark.parametrize("kwargs", [{"num_buckets": 0}, {"char_ngram_min": 4, "char_ngram_max": 3},
+                                    {"max_chars": 0}])
 def test_bad_parameters_are_rejected(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         FeaturizerConfig(**kwargs).build()
