@@ -29,6 +29,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         cfg = config.from_sources(args)
+        if cfg.auth_tokens is not None:  # a bad token file stops the start, like a bad config
+            from router_svc.auth import load_tokens
+
+            load_tokens(cfg.auth_tokens)
     except config.ConfigError as exc:
         parser.error(str(exc))
     logging_setup.configure(args.log_level, cfg.log_format)

@@ -95,6 +95,18 @@ class RouterConfig:
     log_format: str = "text"
     log_prompts: bool = False
     reload_poll_s: float = 1.0
+    # TLS on the router's own port; a client CA makes it mutual TLS (client certificates required).
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    # TLS to the experts: the CA that signs their certificates, and this router's client certificate
+    # for experts that require one.
+    upstream_tls_ca: str | None = None
+    upstream_tls_cert: str | None = None
+    upstream_tls_key: str | None = None
+    # Bearer tokens (router_svc.auth); None: no authentication.
+    auth_tokens: str | None = None
+    reflection: bool = True
     # Filled in by __post_init__: the expert names in configuration order.
     expert_names: tuple[str, ...] = field(init=False, default=())
 
@@ -151,7 +163,49 @@ class RouterConfig:
         if not isinstance(self.log_prompts, bool):
             raise ConfigError(f"log_prompts: expected true or false, got {self.log_prompts!r}")
         _check_number("reload_poll_s", self.reload_poll_s, 0.05, 3600.0)
+        if not isinstance(self.reflection, bool):
+            raise ConfigError(f"reflection: expected true or false, got {self.reflection!r}")
+        self._check_tls()
         object.__setattr__(self, "expert_names", tuple(names))
+
+    def _check_tls(self) -> None:
+        """Loads the TLS files now: a bad path or a key that does not match fails at start, not per handshake."""
+        from expert_svc.tls import channel_credentials, server_credentials
+
+        for key in ("tls_cert", "tls_key", "tls_client_ca", "upstream_tls_ca", "upstream_tls_cert",
+                    "upstream_tls_key", "auth_tokens"):
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ConfigError(f"{key}: expected a file path, got {value!r}")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("tls_cert and tls_key (--tls-cert, --tls-key) go together: give both or neither")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ConfigError("tls_client_ca (mutual TLS) needs tls_cert and tls_key as well")
+        if (self.upstream_tls_cert is None) != (self.upstream_tls_key is None):
+            raise ConfigError("upstream_tls_cert and upstream_tls_key (--upstream-tls-cert, --upstream-tls-key) "
+                              "go together: give both or neither")
+        if self.upstream_tls_cert is not None and self.upstream_tls_ca is None:
+            raise ConfigError("upstream_tls_cert needs upstream_tls_ca: the client certificate is sent over "
+                              "TLS, which needs the CA that signs the experts' certificates")
+        try:
+            if self.tls_cert is not None:
+                server_credentials(self.tls_cert, self.tls_key, self.tls_client_ca, self.mutual_tls)
+            if self.upstream_tls:
+                channel_credentials(self.upstream_tls_ca, self.upstream_tls_cert, self.upstream_tls_key)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
+    @property
+    def mutual_tls(self) -> bool:
+        return self.tls_client_ca is not None
+
+    @property
+    def upstream_tls(self) -> bool:
+        return self.upstream_tls_ca is not None
 
     def with_overrides(self, **changes: Any) -> RouterConfig:
         """A copy with some settings changed (validated again)."""
@@ -230,8 +284,19 @@ _FILE_KEYS: dict[str, str] = {
     "log_format": "log_format",
     "log_prompts": "log_prompts",
     "reload_poll_s": "reload_poll_s",
+    "tls_cert": "tls_cert",
+    "tls_key": "tls_key",
+    "tls_client_ca": "tls_client_ca",
+    "upstream_tls_ca": "upstream_tls_ca",
+    "upstream_tls_cert": "upstream_tls_cert",
+    "upstream_tls_key": "upstream_tls_key",
+    "auth_tokens": "auth_tokens",
+    "reflection": "reflection",
 }
 _STRING_KEYS = ("listen", "fallback", "metrics_listen", "log_format")
+# Paths: relative ones are taken relative to the config file's folder, like ``classifier``.
+_PATH_KEYS = ("tls_cert", "tls_key", "tls_client_ca", "upstream_tls_ca", "upstream_tls_cert", "upstream_tls_key",
+              "auth_tokens")
 _INT_KEYS = ("max_prompt_bytes", "max_message_bytes", "max_batch", "eject_after", "max_attempts",
              "max_in_flight", "max_in_flight_per_expert", "queue_size", "retry_after_ms", "workers")
 
@@ -298,15 +363,15 @@ def _typed_setting(key: str, value: Any, base_dir: str) -> Any:
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{key}: expected a non-empty string, got {value!r}")
         return value
-    if key == "log_prompts":
+    if key in ("log_prompts", "reflection"):
         if not isinstance(value, bool):
             raise ConfigError(f"{key}: expected true or false, got {value!r}")
         return value
-    if key == "classifier":
+    if key == "classifier" or key in _PATH_KEYS:
         if value is None:
             return None
         if not isinstance(value, str) or not value:
-            raise ConfigError(f"{key}: expected a folder path, got {value!r}")
+            raise ConfigError(f"{key}: expected a {'folder' if key == 'classifier' else 'file'} path, got {value!r}")
         return os.path.normpath(os.path.join(base_dir, os.path.expanduser(value)))
     if key in _INT_KEYS:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -366,6 +431,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-format", choices=LOG_FORMATS, help="text (default) or json lines")
     parser.add_argument("--log-prompts", action="store_true", default=None,
                         help="debug only: include prompts and outputs in request logs")
+    parser.add_argument("--max-prompt-bytes", type=int, metavar="N",
+                        help=f"largest prompt in UTF-8 bytes, all messages together (default {DEFAULT_MAX_PROMPT_BYTES})")
+    parser.add_argument("--max-message-bytes", type=int, metavar="N",
+                        help="gRPC message size limit, both directions, here and to the experts "
+                             f"(default {DEFAULT_MAX_MESSAGE_BYTES})")
+    parser.add_argument("--no-reflection", dest="reflection", action="store_false", default=None,
+                        help="do not serve gRPC server reflection (on by default so grpcurl works)")
+    security = parser.add_argument_group("security")
+    security.add_argument("--tls-cert", metavar="FILE", help="PEM certificate (chain) to serve TLS with")
+    security.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
+    security.add_argument("--tls-client-ca", metavar="FILE",
+                          help="PEM CA: require client certificates signed by it (mutual TLS)")
+    security.add_argument("--upstream-tls-ca", metavar="FILE",
+                          help="PEM CA that signs the experts' certificates: connect to the experts over TLS")
+    security.add_argument("--upstream-tls-cert", metavar="FILE",
+                          help="PEM client certificate for experts that require one (mutual TLS)")
+    security.add_argument("--upstream-tls-key", metavar="FILE", help="PEM private key of --upstream-tls-cert")
+    security.add_argument("--auth-tokens", metavar="FILE",
+                          help="YAML file of bearer tokens (docs/configuration.md): clients must send "
+                               "'authorization: Bearer TOKEN'; reloaded on SIGHUP")
 
 
 # flag attribute -> RouterConfig field, for flags that override one setting.
@@ -374,7 +459,12 @@ _FLAG_FIELDS = (("listen", "listen"), ("classifier", "classifier_dir"), ("fallba
                 ("workers", "workers"), ("max_in_flight", "max_in_flight"),
                 ("max_in_flight_per_expert", "max_in_flight_per_expert"), ("queue_size", "queue_size"),
                 ("queue_timeout_s", "queue_timeout_s"), ("grace_s", "grace_s"),
-                ("log_format", "log_format"), ("log_prompts", "log_prompts"))
+                ("log_format", "log_format"), ("log_prompts", "log_prompts"),
+                ("max_prompt_bytes", "max_prompt_bytes"), ("max_message_bytes", "max_message_bytes"),
+                ("reflection", "reflection"), ("tls_cert", "tls_cert"), ("tls_key", "tls_key"),
+                ("tls_client_ca", "tls_client_ca"), ("upstream_tls_ca", "upstream_tls_ca"),
+                ("upstream_tls_cert", "upstream_tls_cert"), ("upstream_tls_key", "upstream_tls_key"),
+                ("auth_tokens", "auth_tokens"))
 
 
 def from_sources(args: argparse.Namespace) -> RouterConfig:

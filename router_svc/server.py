@@ -15,11 +15,12 @@ from collections.abc import Callable
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter
 
 from router_svc.admission import Admission, AdmissionLimits
+from router_svc.auth import TokenAuth, load_tokens
 from router_svc.batching import MicroBatcher
-from router_svc.config import RouterConfig
+from router_svc.config import ConfigError, RouterConfig
 from router_svc.metrics import MetricsServer, RouterMetrics
 from router_svc.servicer import SERVICE_NAME, ExpertChooser, RouterServicer, RouterState, ScoringClassifier
 from router_svc.upstream import UpstreamPool, UpstreamSettings
@@ -46,6 +47,31 @@ def server_options(cfg: RouterConfig, *, reuse_port: bool = False) -> list[tuple
     ]
 
 
+def listen_credentials(cfg: RouterConfig) -> grpc.ServerCredentials | None:
+    """TLS (mutual TLS with a client CA) for the router's port; None serves plaintext."""
+    if not cfg.tls:
+        return None
+    from expert_svc.tls import server_credentials
+
+    try:
+        return server_credentials(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca, cfg.mutual_tls)
+    except ValueError as exc:  # the files changed since the config was validated
+        raise ConfigError(str(exc)) from None
+
+
+def token_auth(cfg: RouterConfig, metrics: RouterMetrics) -> TokenAuth | None:
+    """The token interceptor for ``cfg.auth_tokens`` (None: no authentication)."""
+    if cfg.auth_tokens is None:
+        return None
+    rejections = Counter("router_auth_rejections_total",
+                         "Calls refused by token authentication, by reason "
+                         "(missing, malformed, unknown, denied, rate_limited).",
+                         ["reason"], registry=metrics.registry)
+    auth = TokenAuth(load_tokens(cfg.auth_tokens), on_reject=lambda reason: rejections.labels(reason).inc())
+    log.info("token authentication on: %d token(s) from %s", len(auth.table), cfg.auth_tokens)
+    return auth
+
+
 def load_classifier(directory: str | None) -> ScoringClassifier:
     from router_svc.classifier import Classifier
 
@@ -70,13 +96,20 @@ async def build_state(cfg: RouterConfig, classifier: ScoringClassifier, metrics:
     return state
 
 
+# Settings a reload cannot change: the listening socket, its credentials and interceptors exist once.
+FIXED_AT_START = ("listen", "workers", "metrics_listen", "tls_cert", "tls_key", "tls_client_ca", "reflection",
+                  "auth_tokens")
+
+
 class RunningRouter:
     """A started router: its bound port, its current state, and the parts tests look at."""
 
     def __init__(self, server: grpc.aio.Server, port: int, servicer: RouterServicer, admission: Admission,
                  metrics: RouterMetrics, health_servicer: health.aio.HealthServicer,
-                 classifier_factory: ClassifierFactory, metrics_server: MetricsServer | None) -> None:
+                 classifier_factory: ClassifierFactory, metrics_server: MetricsServer | None,
+                 auth: TokenAuth | None = None) -> None:
         self.server = server
+        self.auth = auth
         self.port = port
         self.servicer = servicer
         self.admission = admission
@@ -114,19 +147,27 @@ class RunningRouter:
     async def apply(self, cfg: RouterConfig) -> None:
         """Swaps in ``cfg`` (experts, thresholds, classifier, limits) without touching streams in flight.
 
-        Raises (and changes nothing) when the classifier cannot be loaded or the pool cannot be built.
-        Settings fixed at start (listen, workers, metrics_listen) keep their values.
+        Raises (and changes nothing) when the classifier or the token file cannot be loaded or the pool
+        cannot be built. Settings fixed at start (listen, workers, metrics_listen, the server's TLS
+        files, reflection, whether authentication is on) keep their values; the token file's
+        contents are reloaded.
         """
         async with self._reload_lock:
             old = self.servicer.state
-            for key in ("listen", "workers", "metrics_listen"):
+            for key in FIXED_AT_START:
                 if getattr(cfg, key) != getattr(old.cfg, key):
                     log.warning("%s changed from %r to %r: it takes effect at the next restart",
                                 key, getattr(old.cfg, key), getattr(cfg, key))
+            tokens = None
+            if self.auth is not None and cfg.auth_tokens is not None:
+                tokens = await asyncio.to_thread(load_tokens, cfg.auth_tokens)
             classifier = await asyncio.to_thread(self.classifier_factory, cfg.classifier_dir)
             state = await build_state(cfg, classifier, self.metrics, generation=old.generation + 1,
                                       resolver=self.resolver)
             self.servicer.state = state
+            if tokens is not None:
+                self.auth.replace(tokens)
+                log.info("token file reloaded: %d token(s)", len(tokens))
             self.servicer.log_prompts = cfg.log_prompts
             self.admission.reconfigure(AdmissionLimits.from_config(cfg))
             task = asyncio.create_task(self._retire(old), name=f"retire-config-{old.generation}")
@@ -175,8 +216,14 @@ async def start(cfg: RouterConfig, *, classifier: ScoringClassifier | None = Non
         classifier_factory = load_classifier
     metrics = RouterMetrics(registry)
     first = await asyncio.to_thread(classifier_factory, cfg.classifier_dir)
-    server = grpc.aio.server(options=server_options(cfg, reuse_port=reuse_port))
-    port = server.add_insecure_port(cfg.listen)
+    auth = token_auth(cfg, metrics)
+    credentials = listen_credentials(cfg)
+    server = grpc.aio.server(options=server_options(cfg, reuse_port=reuse_port),
+                             interceptors=(auth,) if auth is not None else None)
+    if credentials is None:
+        port = server.add_insecure_port(cfg.listen)
+    else:
+        port = server.add_secure_port(cfg.listen, credentials)
     if port == 0:
         raise BindError(f"cannot listen on {cfg.listen}: address in use or not available")
     state = await build_state(cfg, first, metrics, resolver=resolver)
@@ -185,10 +232,11 @@ async def start(cfg: RouterConfig, *, classifier: ScoringClassifier | None = Non
     server.add_generic_rpc_handlers((servicer.generic_handler(),))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-        server,
-    )
+    if cfg.reflection:
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            server,
+        )
     metrics_server = None
     try:
         if serve_metrics and cfg.metrics_listen:
@@ -200,10 +248,12 @@ async def start(cfg: RouterConfig, *, classifier: ScoringClassifier | None = Non
     for service in ("", SERVICE_NAME):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     running = RunningRouter(server, port, servicer, admission, metrics, health_servicer, classifier_factory,
-                            metrics_server)
+                            metrics_server, auth)
     running.resolver = resolver
-    log.info("router listening on %s; experts: %s", running.address,
-             ", ".join(f"{e.name}={e.describe()}" for e in cfg.experts))
+    security = "mutual TLS" if cfg.mutual_tls else "TLS" if cfg.tls else "plaintext"
+    log.info("router listening on %s; experts: %s; %s%s", running.address,
+             ", ".join(f"{e.name}={e.describe()}" for e in cfg.experts), security,
+             ", tokens required" if auth is not None else "")
     return running
 
 

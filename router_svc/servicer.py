@@ -366,10 +366,13 @@ class RouterServicer:
             fields["output"] = "".join(pb.GenerateResponse.FromString(f).text for f in outputs or ())
         log_request(fields)
 
-    async def Classify(self, request: pb.ClassifyRequest,
+    async def Classify(self, request: pb.ClassifyRequest | None,
                        context: grpc.aio.ServicerContext) -> pb.ClassifyResponse:
         state = self.state
         try:
+            if request is None:
+                raise InvalidRequest("the request is not a valid ClassifyRequest; send a serialized "
+                                     "expert_router.v1.ClassifyRequest")
             validate_prompt(request.prompt, request.messages, state.cfg.max_prompt_bytes)
             decision = await state.chooser.decide(classification_text(request.prompt, request.messages))
         except Exception as exc:  # noqa: BLE001 - the error table, as in Generate
@@ -401,12 +404,23 @@ class RouterServicer:
             "Generate": grpc.unary_stream_rpc_method_handler(
                 self.Generate, request_deserializer=None, response_serializer=None),
             "Classify": grpc.unary_unary_rpc_method_handler(
-                self.Classify, request_deserializer=pb.ClassifyRequest.FromString,
+                self.Classify, request_deserializer=_parse_classify_request,
                 response_serializer=pb.ClassifyResponse.SerializeToString),
             "ListExperts": grpc.unary_unary_rpc_method_handler(
                 self.ListExperts, request_deserializer=pb.ListExpertsRequest.FromString,
                 response_serializer=pb.ListExpertsResponse.SerializeToString),
         })
+
+
+def _parse_classify_request(data: bytes) -> pb.ClassifyRequest | None:
+    """None for bytes that are not a ClassifyRequest: the handler answers INVALID_ARGUMENT.
+
+    grpcio would turn a deserializer's exception into UNKNOWN, which reads as a router bug.
+    """
+    try:
+        return pb.ClassifyRequest.FromString(data)
+    except DecodeError:
+        return None
 
 
 def _relayed_error(err: grpc.aio.AioRpcError) -> UpstreamError:

@@ -76,24 +76,39 @@ class UpstreamSettings:
     eject_base_s: float = 1.0
     eject_max_s: float = 30.0
     max_attempts: int = 3
+    # TLS to the experts (None: plaintext).
+    credentials: grpc.ChannelCredentials | None = None
 
     @classmethod
     def from_config(cls, cfg) -> UpstreamSettings:
+        credentials = None
+        if getattr(cfg, "upstream_tls", False):
+            from expert_svc.tls import channel_credentials
+
+            credentials = channel_credentials(cfg.upstream_tls_ca, cfg.upstream_tls_cert, cfg.upstream_tls_key)
         return cls(max_message_bytes=cfg.max_message_bytes, health_interval_s=cfg.health_interval_s,
                    dns_refresh_s=cfg.dns_refresh_s, eject_after=cfg.eject_after,
-                   eject_base_s=cfg.eject_base_s, eject_max_s=cfg.eject_max_s, max_attempts=cfg.max_attempts)
+                   eject_base_s=cfg.eject_base_s, eject_max_s=cfg.eject_max_s, max_attempts=cfg.max_attempts,
+                   credentials=credentials)
 
 
 class Replica:
     """One endpoint of an expert: its channel, health watch, ejection state and outstanding requests."""
 
-    def __init__(self, expert: str, address: str, settings: UpstreamSettings, metrics: RouterMetrics) -> None:
+    def __init__(self, expert: str, address: str, settings: UpstreamSettings, metrics: RouterMetrics, *,
+                 server_name: str | None = None) -> None:
         self.expert = expert
         self.address = address
         self._settings = settings
         self._metrics = metrics
-        self.channel = grpc.aio.insecure_channel(
-            address, options=channel_options(settings.max_message_bytes, settings.health_interval_s))
+        options = channel_options(settings.max_message_bytes, settings.health_interval_s)
+        if settings.credentials is None:
+            self.channel = grpc.aio.insecure_channel(address, options=options)
+        else:
+            # A replica found by DNS is dialled by IP; its certificate names the DNS name.
+            if server_name:
+                options.append(("grpc.ssl_target_name_override", server_name))
+            self.channel = grpc.aio.secure_channel(address, settings.credentials, options=options)
         self._generate = self.channel.unary_stream(
             GENERATE_PATH, request_serializer=None, response_deserializer=None)
         self._health = health_pb2_grpc.HealthStub(self.channel)
@@ -248,8 +263,10 @@ class ExpertPool:
         self._turn = 0
         self._started = False
         self._dns: DnsWatcher | None = None
+        self._server_name: str | None = None
         if expert.dns:
             host, port = parse_address(f"experts.{expert.name}.dns", expert.dns)
+            self._server_name = host
             self._dns = DnsWatcher(host, port, settings.dns_refresh_s, self.set_addresses, resolver=resolver,
                                    what=f"expert {expert.name!r}")
         else:
@@ -267,7 +284,7 @@ class ExpertPool:
         for address in wanted:
             replica = current.pop(address, None)
             if replica is None:
-                replica = Replica(self.name, address, self._settings, self._metrics)
+                replica = Replica(self.name, address, self._settings, self._metrics, server_name=self._server_name)
                 if self._started:
                     replica.start()
             kept.append(replica)
