@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from expert_router.v1 import expert_router_pb2 as pb
@@ -34,6 +35,29 @@ class RequestLimits:
     max_prompt_bytes: int = 256 * 1024
 
 
+def check_sampling(msg: pb.SamplingParams) -> None:
+    """The sampling rules that hold whatever the model; the router applies them too."""
+    if msg.HasField("temperature") and not (math.isfinite(msg.temperature) and msg.temperature >= 0):
+        raise InvalidRequestError(
+            f"sampling.temperature must be a finite number >= 0 (0 is greedy), got {msg.temperature}"
+        )
+    if msg.HasField("top_p") and not (0.0 < msg.top_p <= 1.0):  # also rejects NaN
+        raise InvalidRequestError(f"sampling.top_p must be in (0, 1], got {msg.top_p}")
+    if msg.top_k < 0:
+        raise InvalidRequestError(f"sampling.top_k must be >= 0 (0 disables it), got {msg.top_k}")
+    if len(msg.stop) > MAX_STOP_STRINGS:
+        raise InvalidRequestError(
+            f"sampling.stop has {len(msg.stop)} strings; at most {MAX_STOP_STRINGS} are allowed"
+        )
+    for i, s in enumerate(msg.stop):
+        if not s:
+            raise InvalidRequestError(f"sampling.stop[{i}] is empty; remove it or give a non-empty string")
+        if len(s) > MAX_STOP_CHARS:
+            raise InvalidRequestError(
+                f"sampling.stop[{i}] has {len(s)} characters; at most {MAX_STOP_CHARS} are allowed"
+            )
+
+
 def sampling_params_from_pb(
     msg: pb.SamplingParams, limits: RequestLimits, *, has_field: bool = True
 ) -> SamplingParams:
@@ -46,40 +70,38 @@ def sampling_params_from_pb(
             f"sampling.max_tokens is {msg.max_tokens} but this expert's context length is "
             f"{limits.context_length} tokens (prompt included); ask for fewer tokens"
         )
-    temperature = None
-    if msg.HasField("temperature"):
-        temperature = msg.temperature
-        if not math.isfinite(temperature) or temperature < 0:
-            raise InvalidRequestError(
-                f"sampling.temperature must be a finite number >= 0 (0 is greedy), got {temperature}"
-            )
-    top_p = None
-    if msg.HasField("top_p"):
-        top_p = msg.top_p
-        if not (0.0 < top_p <= 1.0):  # also rejects NaN
-            raise InvalidRequestError(f"sampling.top_p must be in (0, 1], got {top_p}")
-    if msg.top_k < 0:
-        raise InvalidRequestError(f"sampling.top_k must be >= 0 (0 disables it), got {msg.top_k}")
-    stop = tuple(msg.stop)
-    if len(stop) > MAX_STOP_STRINGS:
-        raise InvalidRequestError(
-            f"sampling.stop has {len(stop)} strings; at most {MAX_STOP_STRINGS} are allowed"
-        )
-    for i, s in enumerate(stop):
-        if not s:
-            raise InvalidRequestError(f"sampling.stop[{i}] is empty; remove it or give a non-empty string")
-        if len(s) > MAX_STOP_CHARS:
-            raise InvalidRequestError(
-                f"sampling.stop[{i}] has {len(s)} characters; at most {MAX_STOP_CHARS} are allowed"
-            )
+    check_sampling(msg)
     return SamplingParams(
         max_tokens=max_tokens,
-        temperature=temperature,
-        top_p=top_p,
+        temperature=msg.temperature if msg.HasField("temperature") else None,
+        top_p=msg.top_p if msg.HasField("top_p") else None,
         top_k=msg.top_k,
         seed=msg.seed if msg.HasField("seed") else None,
-        stop=stop,
+        stop=tuple(msg.stop),
     )
+
+
+def check_prompt(prompt: str, messages: Sequence[pb.ChatMessage], max_prompt_bytes: int) -> int:
+    """The prompt/messages rules of GenerateRequest and ClassifyRequest, shared with the router.
+
+    Returns the prompt's size in UTF-8 bytes.
+    """
+    if prompt and messages:
+        raise InvalidRequestError("set either prompt or messages, not both")
+    if not prompt and not messages:
+        raise InvalidRequestError("the request is empty: set prompt or messages")
+    size = len(prompt.encode())
+    for i, m in enumerate(messages):
+        if m.role not in ROLES:
+            raise InvalidRequestError(
+                f"messages[{i}].role is {m.role!r}; it must be one of {', '.join(sorted(ROLES))}"
+            )
+        size += len(m.content.encode())
+    if size > max_prompt_bytes:
+        raise InvalidRequestError(
+            f"the prompt is {size} bytes; this service accepts at most {max_prompt_bytes} bytes"
+        )
+    return size
 
 
 def request_from_pb(msg: pb.GenerateRequest, limits: RequestLimits) -> EngineRequest:
@@ -89,29 +111,14 @@ def request_from_pb(msg: pb.GenerateRequest, limits: RequestLimits) -> EngineReq
             f"request_id has {len(msg.request_id)} characters; at most {MAX_REQUEST_ID_CHARS}"
         )
     request_id = msg.request_id or uuid.uuid4().hex
-    if msg.prompt and msg.messages:
-        raise InvalidRequestError("set either prompt or messages, not both")
-    if not msg.prompt and not msg.messages:
-        raise InvalidRequestError("the request is empty: set prompt or messages")
-    size = len(msg.prompt.encode())
-    messages = []
-    for i, m in enumerate(msg.messages):
-        if m.role not in ROLES:
-            raise InvalidRequestError(
-                f"messages[{i}].role is {m.role!r}; it must be one of {', '.join(sorted(ROLES))}"
-            )
-        size += len(m.content.encode())
-        messages.append(ChatMessage(m.role, m.content))
-    if size > limits.max_prompt_bytes:
-        raise InvalidRequestError(
-            f"the prompt is {size} bytes; this expert accepts at most {limits.max_prompt_bytes} bytes"
-        )
+    check_prompt(msg.prompt, msg.messages, limits.max_prompt_bytes)
+    messages = tuple(ChatMessage(m.role, m.content) for m in msg.messages)
     sampling = sampling_params_from_pb(msg.sampling, limits, has_field=msg.HasField("sampling"))
     return EngineRequest(
         request_id=request_id,
         sampling=sampling,
         prompt=msg.prompt or None,
-        messages=tuple(messages),
+        messages=messages,
     )
 
 

@@ -11,7 +11,6 @@ disturbs a stream in flight.
 from __future__ import annotations
 
 import logging
-import math
 import time
 import uuid
 from bisect import bisect_left
@@ -25,6 +24,8 @@ from google.protobuf.message import DecodeError
 
 import core
 from expert_router.v1 import expert_router_pb2 as pb
+from expert_svc.convert import MAX_REQUEST_ID_CHARS, check_prompt, check_sampling
+from expert_svc.errors import InvalidRequestError
 from router_svc.admission import Admission, Permit
 from router_svc.batching import MicroBatcher
 from router_svc.config import RouterConfig
@@ -41,12 +42,9 @@ from router_svc.metrics import ITL_BOUNDS, RouterMetrics, add_observations
 from router_svc.upstream import UpstreamPool, UpstreamStream
 
 SERVICE_NAME = "expert_router.v1.Router"
-ROLES = ("system", "user", "assistant")
 # Only the latest user turns decide what a conversation is about.
 CLASSIFIED_USER_TURNS = 3
-MAX_STOP_STRINGS = 16
 REQUEST_ID_KEY = "x-request-id"
-MAX_REQUEST_ID_CHARS = 128
 # Trace context (W3C) is passed through to the expert unchanged.
 TRACE_KEYS = ("traceparent", "tracestate")
 EOF = grpc.aio.EOF
@@ -60,42 +58,28 @@ class ScoringClassifier(Protocol):
 
 
 def validate_prompt(prompt: str, messages: Sequence[pb.ChatMessage], max_prompt_bytes: int) -> None:
-    """Checks the prompt/messages part shared by GenerateRequest and ClassifyRequest."""
-    has_prompt = bool(prompt)
-    if has_prompt and messages:
-        raise InvalidRequest("set either prompt or messages, not both")
+    """The expert's prompt rules (one rule set for both services), plus one of the router's own:
+    there must be text to classify."""
+    try:
+        check_prompt(prompt, messages, max_prompt_bytes)
+    except InvalidRequestError as exc:
+        raise InvalidRequest(str(exc)) from None
     if not messages and not prompt.strip():
-        raise InvalidRequest("prompt is empty and there are no messages; set one of them")
-    size = len(prompt.encode("utf-8")) if has_prompt else 0
-    for i, message in enumerate(messages):
-        if message.role not in ROLES:
-            raise InvalidRequest(
-                f"messages[{i}].role is {message.role!r}; expected one of {', '.join(ROLES)}")
-        size += len(message.content.encode("utf-8"))
-    if size > max_prompt_bytes:
-        what = "prompt" if has_prompt else "messages"
-        raise InvalidRequest(f"{what} is {size} bytes; the limit is {max_prompt_bytes}")
+        raise InvalidRequest("the prompt is only whitespace; send some text")
     if messages and not any(message.content.strip() for message in messages):
-        raise InvalidRequest("every message is empty")
+        raise InvalidRequest("every message is empty; send some text")
 
 
 def validate_generate_request(request: pb.GenerateRequest, max_prompt_bytes: int) -> None:
-    """Raises InvalidRequest with a precise message when ``request`` cannot be served."""
+    """Raises InvalidRequest with a precise message when ``request`` cannot be served.
+
+    Only what the expert's context length decides (max_tokens) is left to the expert.
+    """
     validate_prompt(request.prompt, request.messages, max_prompt_bytes)
-    sampling = request.sampling
-    if sampling.HasField("temperature") and not (math.isfinite(sampling.temperature)
-                                                   and sampling.temperature >= 0):
-        raise InvalidRequest(f"sampling.temperature must be finite and >= 0, got {sampling.temperature}")
-    if sampling.HasField("top_p") and not (math.isfinite(sampling.top_p) and 0 < sampling.top_p <= 1):
-        raise InvalidRequest(f"sampling.top_p must be in (0, 1], got {sampling.top_p}")
-    if sampling.top_k < 0:
-        raise InvalidRequest(f"sampling.top_k must be >= 0, got {sampling.top_k}")
-    if len(sampling.stop) > MAX_STOP_STRINGS:
-        raise InvalidRequest(
-            f"sampling.stop has {len(sampling.stop)} strings; the limit is {MAX_STOP_STRINGS}")
-    for i, stop in enumerate(sampling.stop):
-        if not stop:
-            raise InvalidRequest(f"sampling.stop[{i}] is empty")
+    try:
+        check_sampling(request.sampling)
+    except InvalidRequestError as exc:
+        raise InvalidRequest(str(exc)) from None
 
 
 def classification_text(prompt: str, messages: Sequence[pb.ChatMessage]) -> str:

@@ -115,8 +115,8 @@ async def test_invalid_request_is_rejected_before_any_expert(start_router, start
     router = await start_router({"general": [expert.address]}, max_prompt_bytes=100)
     stub = pb_grpc.RouterStub(channels(router.address))
     cases = [
-        (pb.GenerateRequest(), "prompt is empty"),
-        (pb.GenerateRequest(prompt="x" * 101), "prompt is 101 bytes; the limit is 100"),
+        (pb.GenerateRequest(), "the request is empty"),
+        (pb.GenerateRequest(prompt="x" * 101), "prompt is 101 bytes; this service accepts at most 100 bytes"),
         (pb.GenerateRequest(messages=[pb.ChatMessage(role="bot", content="x")]), "messages[0].role is 'bot'"),
         (pb.GenerateRequest(prompt="x", sampling=pb.SamplingParams(top_p=2.0)), "sampling.top_p"),
     ]

@@ -30,12 +30,12 @@ def test_valid_requests_pass(req: pb.GenerateRequest) -> None:
 
 
 @pytest.mark.parametrize(("req", "message"), [
-    (request(), "prompt is empty and there are no messages"),
-    (request(prompt="  \n"), "prompt is empty"),
+    (request(), "the request is empty: set prompt or messages"),
+    (request(prompt="  \n"), "only whitespace"),
     (request(prompt="hi", messages=[msg("user", "hi")]), "either prompt or messages, not both"),
-    (request(prompt="x" * (LIMIT + 1)), f"prompt is {LIMIT + 1} bytes; the limit is {LIMIT}"),
+    (request(prompt="x" * (LIMIT + 1)), f"prompt is {LIMIT + 1} bytes; this service accepts at most {LIMIT} bytes"),
     (request(prompt="é" * (LIMIT // 2 + 1)), "prompt is 1026 bytes"),
-    (request(messages=[msg("user", "x" * 600), msg("assistant", "y" * 600)]), "messages is 1200 bytes"),
+    (request(messages=[msg("user", "x" * 600), msg("assistant", "y" * 600)]), "prompt is 1200 bytes"),
     (request(messages=[msg("user", "hi"), msg("robot", "beep")]), r"messages\[1\].role is 'robot'"),
     (request(messages=[msg("user", " ")]), "every message is empty"),
     (request(prompt="hi", sampling=pb.SamplingParams(temperature=-0.5)), "sampling.temperature"),
@@ -45,6 +45,7 @@ def test_valid_requests_pass(req: pb.GenerateRequest) -> None:
     (request(prompt="hi", sampling=pb.SamplingParams(top_k=-1)), "sampling.top_k must be >= 0"),
     (request(prompt="hi", sampling=pb.SamplingParams(stop=["a", ""])), r"sampling.stop\[1\] is empty"),
     (request(prompt="hi", sampling=pb.SamplingParams(stop=["s"] * 17)), "sampling.stop has 17 strings"),
+    (request(prompt="hi", sampling=pb.SamplingParams(stop=["s" * 257])), r"sampling.stop\[0\] has 257 characters"),
 ])
 def test_invalid_requests_are_explained(req: pb.GenerateRequest, message: str) -> None:
     with pytest.raises(InvalidRequest, match=message):
