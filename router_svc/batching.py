@@ -7,8 +7,10 @@ arrive while a batch is running are grouped into the next one.
 
 The hop itself is not free: handing one prompt to the thread and back costs the event loop about
 60-80 us of CPU (a task, three futures, two thread wake-ups) and, on an idle router, a few hundred
-us of latency, while the trained model scores a short prompt in 40-80 us when its tables are in
-cache (up to ~0.6 ms when they are not). So a lone prompt of at most ``INLINE_MAX_CHARS`` is scored
+us of latency, while the trained model scores a short prompt in tens of microseconds when its tables are
+in cache (docs/classifier-benchmark.md: 33 us median for featurize + classify) and up to
+~0.6 ms when they are not. This is a measured exception to keeping onnxruntime off the loop
+(docs/profiles/router.md). So a lone prompt of at most ``INLINE_MAX_CHARS`` is scored
 on the loop when nothing is queued or running and the predictions measured so far cost at most
 ``INLINE_BUDGET_S`` of CPU each on average; anything slower - a larger model, a long prompt, a
 batch in progress - still goes to the thread, where concurrent prompts are batched as before.

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import socketserver
 import threading
 from collections.abc import Sequence
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -126,7 +127,9 @@ class _QuietHandler(WSGIRequestHandler):
         pass
 
 
-class _ThreadingWSGIServer(WSGIServer):
+class _ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
+    """One thread per scrape, so a client that connects and sends nothing blocks no one else."""
+
     daemon_threads = True
 
 

@@ -175,10 +175,12 @@ class RunningRouter:
             task.add_done_callback(self._retiring.discard)
 
     async def _retire(self, state: RouterState) -> None:
-        """Closes an old generation once its last stream has ended."""
-        while state.active:
-            await asyncio.sleep(0.05)
-        await state.close()
+        """Closes an old generation once its last stream has ended (or at shutdown, when cancelled)."""
+        try:
+            while state.active:
+                await asyncio.sleep(0.05)
+        finally:
+            await state.close()
 
     async def stop(self, grace: float | None = None) -> None:
         """NOT_SERVING, refuse new calls, let in-flight streams finish within ``grace``, close upstreams."""

@@ -33,13 +33,12 @@ from router_svc.errors import (
     ExpertUnavailable,
     InvalidRequest,
     UnknownExpert,
-    UpstreamError,
     abort_with,
     status_for,
 )
 from router_svc.logging_setup import log_request, request_log
 from router_svc.metrics import ITL_BOUNDS, RouterMetrics, add_observations
-from router_svc.upstream import UpstreamPool, UpstreamStream
+from router_svc.upstream import UpstreamPool, UpstreamStream, upstream_error
 
 SERVICE_NAME = "expert_router.v1.Router"
 # Only the latest user turns decide what a conversation is about.
@@ -306,7 +305,7 @@ class RouterServicer:
         except grpc.aio.AioRpcError as err:  # the expert failed mid-stream: its status passes through
             code = err.code()
             self._metrics.upstream_error(route.expert, code)
-            await abort_with(context, _relayed_error(err))
+            await abort_with(context, upstream_error(err))
         except Exception as exc:  # noqa: BLE001 - the error table, as above
             code = status_for(exc)[0]
             await abort_with(context, exc)
@@ -353,6 +352,7 @@ class RouterServicer:
     async def Classify(self, request: pb.ClassifyRequest | None,
                        context: grpc.aio.ServicerContext) -> pb.ClassifyResponse:
         state = self.state
+        state.active += 1  # a reload closes this generation's batcher only once nothing uses it
         try:
             if request is None:
                 raise InvalidRequest("the request is not a valid ClassifyRequest; send a serialized "
@@ -361,6 +361,8 @@ class RouterServicer:
             decision = await state.chooser.decide(classification_text(request.prompt, request.messages))
         except Exception as exc:  # noqa: BLE001 - the error table, as in Generate
             await abort_with(context, exc)
+        finally:
+            state.active -= 1
         return pb.ClassifyResponse(
             expert=decision.expert,
             scores=[pb.ExpertScore(expert=label, score=score) for label, score in decision.ranked],
@@ -405,7 +407,3 @@ def _parse_classify_request(data: bytes) -> pb.ClassifyRequest | None:
         return pb.ClassifyRequest.FromString(data)
     except DecodeError:
         return None
-
-
-def _relayed_error(err: grpc.aio.AioRpcError) -> UpstreamError:
-    return UpstreamError(err.code(), err.details() or "", tuple(err.trailing_metadata() or ()))

@@ -176,7 +176,10 @@ class Replica:
         self.first_status.set()
 
     def start(self) -> None:
-        self._watcher = asyncio.create_task(self._watch_forever(), name=f"health-{self.expert}-{self.address}")
+        """Starts the health watch; a replica already watched keeps its one watcher."""
+        if self._watcher is None:
+            self._watcher = asyncio.create_task(self._watch_forever(),
+                                                name=f"health-{self.expert}-{self.address}")
 
     async def _watch_forever(self) -> None:
         backoff = WATCH_INITIAL_BACKOFF_S
@@ -306,9 +309,11 @@ class ExpertPool:
             await self._dns.start()
         for replica in self.replicas:
             replica.start()
-        waits = [replica.first_status.wait() for replica in self.replicas]
+        waits = [asyncio.ensure_future(replica.first_status.wait()) for replica in self.replicas]
         if waits:
-            await asyncio.wait([asyncio.ensure_future(w) for w in waits], timeout=FIRST_HEALTH_WAIT_S)
+            _, pending = await asyncio.wait(waits, timeout=FIRST_HEALTH_WAIT_S)
+            for task in pending:
+                task.cancel()
 
     def pick(self, exclude: Iterable[Replica] = ()) -> Replica | None:
         """A healthy replica with few outstanding requests, or None."""
@@ -455,19 +460,20 @@ class UpstreamPool:
                         log.info("expert %r replica %s: %s before the first frame; trying another replica",
                                  expert, replica.address, code.name)
                     continue
-                raise _upstream_error(err) from None
+                raise upstream_error(err) from None
             except BaseException:
                 replica.outstanding -= 1
                 call.cancel()
                 raise
             return UpstreamStream(replica, call, first, len(tried))
         if last is not None and last.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
-            raise _upstream_error(last)  # every replica tried was busy: the expert's own status
+            raise upstream_error(last)  # every replica tried was busy: the expert's own status
         if last is not None:
             reason = f"{len(tried)} replica(s) failed: {last.code().name}: {last.details()}"
             raise pool.unavailable(reason)
         raise pool.unavailable()
 
 
-def _upstream_error(err: grpc.aio.AioRpcError) -> UpstreamError:
+def upstream_error(err: grpc.aio.AioRpcError) -> UpstreamError:
+    """The expert's own status, details and trailing metadata, to pass through to the client."""
     return UpstreamError(err.code(), err.details() or "", tuple(err.trailing_metadata() or ()))

@@ -9,9 +9,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("text", nargs="*", help="prompts to classify (default: one per line on stdin)")
     parser.add_argument("--artifact", metavar="DIR", default=None,
                         help="classifier artifact directory (default: the packaged one)")
-    parser.add_argument("--min-confidence", type=float, default=0.0,
-                        help="below this top score the fallback expert is chosen (default 0.0)")
-    parser.add_argument("--fallback", default="general", help="expert used below --min-confidence")
+    parser.add_argument("--min-confidence", type=float, default=None,
+                        help="below this top score the fallback expert is chosen (default: the router's, 0.4)")
+    parser.add_argument("--fallback", default=None,
+                        help="expert used below --min-confidence (default: the router's, general)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -19,7 +20,13 @@ def run(args: argparse.Namespace) -> int:
 
     import core
     from router_svc.classifier import Classifier
+    from router_svc.config import DEFAULT_FALLBACK, DEFAULT_MIN_CONFIDENCE
 
+    # The router's defaults, so this command answers what Router.Classify would.
+    if args.min_confidence is None:
+        args.min_confidence = DEFAULT_MIN_CONFIDENCE
+    if args.fallback is None:
+        args.fallback = DEFAULT_FALLBACK
     if not 0.0 <= args.min_confidence <= 1.0:
         print(f"--min-confidence must be in [0, 1], got {args.min_confidence}", file=sys.stderr)
         return 2

@@ -190,7 +190,7 @@ async def test_expert_that_never_answers_meets_the_deadline(tmp_path: Path, star
                 await drain_call(stub.Generate(request("math", 5), timeout=1.0))
             elapsed = time.monotonic() - started
             assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-            assert 0.9 < elapsed < 1.75
+            assert 0.9 < elapsed < 3.0  # the deadline fires; the upper bound only rules out a hang
             assert hanging.started.is_set()
             await asyncio.wait_for(hanging.cancelled.wait(), 2)  # the router cancelled its upstream call
             checked = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())

@@ -19,10 +19,12 @@ class FakeClassifier:
         self.batches: list[list[str]] = []
         self.gate = threading.Event()
         self.gate.set()
+        self.entered = threading.Event()  # set once a batch is running (held at the gate if closed)
         self.threads: set[str] = set()
 
     def predict_batch(self, texts):
         self.threads.add(threading.current_thread().name)
+        self.entered.set()
         self.gate.wait(5)
         self.batches.append(list(texts))
         return np.asarray([[len(t), 1.0] for t in texts], dtype=np.float32)
@@ -48,7 +50,7 @@ async def test_requests_arriving_during_a_batch_share_the_next_one() -> None:
     try:
         fake.gate.clear()
         first = asyncio.create_task(batcher.score("a"))
-        await asyncio.sleep(0.05)  # the first batch is now running (held at the gate)
+        assert await asyncio.to_thread(fake.entered.wait, 5)  # the first batch runs, held at the gate
         rest = [asyncio.create_task(batcher.score("b" * n)) for n in range(1, 7)]
         await asyncio.sleep(0.01)
         fake.gate.set()
@@ -86,7 +88,7 @@ async def test_cancelled_request_is_skipped_and_close_refuses_new_work() -> None
     batcher = MicroBatcher(fake.predict_batch)
     fake.gate.clear()
     first = asyncio.create_task(batcher.score("first"))
-    await asyncio.sleep(0.05)
+    assert await asyncio.to_thread(fake.entered.wait, 5)
     gone = asyncio.create_task(batcher.score("gone"))
     kept = asyncio.create_task(batcher.score("kept"))
     await asyncio.sleep(0.01)
