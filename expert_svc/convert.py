@@ -67,7 +67,8 @@ def sampling_params_from_pb(
     max_tokens = msg.max_tokens or limits.default_max_tokens
     if max_tokens > limits.context_length:
         raise InvalidRequestError(
-            f"sampling.max_tokens is {msg.max_tokens} but this expert's context length is "
+            f"sampling.max_tokens is {max_tokens}"
+            f"{'' if msg.max_tokens else ' (the server default)'} but this expert's context length is "
             f"{limits.context_length} tokens (prompt included); ask for fewer tokens"
         )
     check_sampling(msg)

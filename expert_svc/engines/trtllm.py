@@ -515,11 +515,12 @@ class TrtllmEngine(Engine):
                     emit, matched = stops.feed(completion.text_diff)
                     if matched:
                         done = True
-                        yield Delta(emit, token_ids, FinishReason.STOP, prompt_tokens, completion_tokens)
                         if not output.finished:
                             # TensorRT-LLM matches stop strings on token ids; a match that only
-                            # shows in the text is ours, so the GPU must be told to stop.
+                            # shows in the text is ours, so the GPU must be told to stop - before
+                            # the last yield, where a departing consumer would skip this line.
                             result.abort()
+                        yield Delta(emit, token_ids, FinishReason.STOP, prompt_tokens, completion_tokens)
                         return
                     reason = completion.finish_reason
                     if reason is not None:

@@ -48,11 +48,24 @@ def run_ip(*args: str, netns: str | None = None) -> None:
 def netns_unavailable_reason() -> str | None:
     if IP is None:
         return "the `ip` tool (iproute2) is not installed"
-    probe = f"ert-probe-{os.getpid()}-{secrets.token_hex(2)}"
-    result = subprocess.run([IP, "netns", "add", probe], capture_output=True, text=True, timeout=10, check=False)
-    if result.returncode != 0:
-        return f"`ip netns add` is not permitted here: {result.stderr.strip() or result.returncode}"
-    subprocess.run([IP, "netns", "del", probe], capture_output=True, timeout=10, check=False)
+    tag = f"{os.getpid() % 10000}{secrets.token_hex(2)}"
+    probe = f"ert-probe-{tag}"
+    # Everything the tests do, once: a namespace, a veth pair moved into it, a command run inside.
+    steps = [
+        [IP, "netns", "add", probe],
+        [IP, "link", "add", f"ertp{tag}", "type", "veth", "peer", "name", f"ertq{tag}"],
+        [IP, "link", "set", f"ertq{tag}", "netns", probe],
+        [IP, "netns", "exec", probe, "true"],
+    ]
+    try:
+        for step in steps:
+            result = subprocess.run(step, capture_output=True, text=True, timeout=10, check=False)
+            if result.returncode != 0:
+                return (f"`{' '.join(step[1:3])}` is not permitted here: "
+                        f"{result.stderr.strip() or result.returncode}")
+    finally:
+        subprocess.run([IP, "link", "del", f"ertp{tag}"], capture_output=True, timeout=10, check=False)
+        subprocess.run([IP, "netns", "del", probe], capture_output=True, timeout=10, check=False)
     return None
 
 

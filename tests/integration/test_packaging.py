@@ -14,9 +14,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def copy_source_tree(tree: Path) -> None:
     """Copies what a clean checkout holds: git's file list, or the tree minus build outputs."""
-    listing = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-                             cwd=ROOT, capture_output=True, check=False)
-    if listing.returncode != 0:  # not a git checkout (an unpacked source archive)
+    try:
+        listing = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+                                 cwd=ROOT, capture_output=True, check=False)
+    except OSError:  # no git on this machine
+        listing = None
+    if listing is None or listing.returncode != 0:  # not a git checkout (an unpacked source archive)
         outputs = {".venv", ".git", "build", "dist", "expert_router", ".cache"}
         generated = shutil.ignore_patterns("*.egg-info", "__pycache__", "*.so", "*.c", ".*_cache",
                                            ".hypothesis")

@@ -288,6 +288,19 @@ async def test_stop_string_split_across_tokens_is_never_emitted_and_aborts(fake_
     assert fake_trtllm.instances[0].requests[0]["sampling_params"].stop == ["END"]
 
 
+async def test_stop_string_aborts_even_when_the_consumer_leaves_at_the_last_frame(fake_trtllm, engine_dir):
+    fake_trtllm.behaviour.tokens = [(1, "Hello"), (2, " END"), (3, " more"), (4, " text")]
+    engine = _engine(engine_dir)
+    await engine.start()
+    stream = engine.generate(_request(stop=("END",)))
+    delta = await anext(stream)
+    while delta.finish_reason is None:
+        delta = await anext(stream)
+    assert delta.finish_reason is FinishReason.STOP
+    await stream.aclose()  # the servicer closes the stream right after the finish frame
+    assert fake_trtllm.instances[0].results[0].aborted()
+
+
 async def test_stop_string_matched_by_the_runtime_ends_with_stop(fake_trtllm, engine_dir):
     fake_trtllm.behaviour.tokens = [(1, "Hi"), (2, " ST"), (3, "OP"), (4, " no")]
     engine = _engine(engine_dir)
