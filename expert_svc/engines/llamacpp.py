@@ -197,6 +197,8 @@ class LlamaCppEngine(Engine):
 
         def run() -> None:
             try:
+                if cancelled.is_set():  # cancelled while waiting for a worker thread
+                    return
                 server.handle_chat_completions(body, on_chunk)
             except BaseException as exc:  # noqa: BLE001 - delivered to the consumer, raised there
                 _post(loop, queue, exc)
