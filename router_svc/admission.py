@@ -110,11 +110,16 @@ class Admission:
                 waiting.append((expert, future))
         self._waiters = waiting
 
-    def try_acquire(self, expert: str) -> Permit | None:
-        if self._full(expert) is not None:
-            return None
-        self._count(expert, 1)
-        return Permit(self, expert)
+    def refuse_if_full(self) -> None:
+        """Raises Overloaded when the overall bound and the queue are both full.
+
+        Called before classification, so that under overload a refused request costs no
+        classifier work and takes no place in the micro-batch ahead of admitted ones.
+        """
+        limits = self.limits
+        if (limits.max_in_flight and self.total >= limits.max_in_flight
+                and len(self._waiters) >= limits.queue_size):
+            raise self._overloaded("", "max_in_flight", waited=False)
 
     async def acquire(self, expert: str) -> Permit:
         """A permit for one stream to ``expert``; raises Overloaded when over the bound."""

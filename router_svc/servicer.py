@@ -268,6 +268,7 @@ class RouterServicer:
                     raise InvalidRequest(f"the request is not a valid GenerateRequest: {exc}") from None
                 request_id, forwarded = _request_metadata(context, message)
                 validate_generate_request(message, state.cfg.max_prompt_bytes)
+                self._admission.refuse_if_full()
                 route = await state.chooser.route(message)
                 permit = await self._admission.acquire(route.expert)
                 stream, route = await self._open(state, route, permit, request, context, forwarded)

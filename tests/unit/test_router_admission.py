@@ -89,3 +89,18 @@ async def test_permit_moves_only_to_an_expert_with_room() -> None:
     assert (admission.total, admission.per_expert["math"], admission.per_expert["general"]) == (1, 0, 1)
     permit.release()
     assert admission.total == 0
+
+
+async def test_full_router_refuses_before_any_routing_work_unless_the_queue_has_room() -> None:
+    admission = Admission(AdmissionLimits(max_in_flight=1, queue_size=1, queue_timeout_s=5))
+    admission.refuse_if_full()  # room: no error
+    held = await admission.acquire("math")
+    admission.refuse_if_full()  # full, but a queue place is free: the request may wait
+    waiter = asyncio.create_task(admission.acquire("law"))
+    await asyncio.sleep(0)
+    with pytest.raises(Overloaded, match="the router is at capacity .* and the queue is full"):
+        admission.refuse_if_full()
+    held.release()
+    (await waiter).release()
+    admission.refuse_if_full()
+    assert admission.total == 0
