@@ -130,10 +130,11 @@ cdef class Featurizer:
     cdef Params params
     cdef readonly Py_ssize_t max_chars
 
-    def __init__(self, *, int num_buckets, int char_ngram_min, int char_ngram_max,
+    def __init__(self, *, num_buckets, int char_ngram_min, int char_ngram_max,
                  bint word_bigrams, Py_ssize_t max_chars):
-        if num_buckets < 1:
-            raise ValueError(f"num_buckets must be >= 1, got {num_buckets}")
+        # Checked before any C conversion, so a huge value is a ValueError, not an OverflowError.
+        if not isinstance(num_buckets, int) or not 1 <= num_buckets <= (1 << 40):
+            raise ValueError(f"num_buckets must be an integer in 1..2**40, got {num_buckets!r}")
         if char_ngram_max != 0 and not (1 <= char_ngram_min <= char_ngram_max <= 16):
             raise ValueError(
                 "char n-gram orders must satisfy 1 <= char_ngram_min <= char_ngram_max <= 16 "

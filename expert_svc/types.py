@@ -63,10 +63,6 @@ class Delta:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
 
-    @property
-    def is_last(self) -> bool:
-        return self.finish_reason is not None
-
 
 @dataclass(frozen=True, slots=True)
 class EngineInfo:

@@ -13,8 +13,6 @@ from dataclasses import dataclass
 
 from router_svc.errors import Overloaded
 
-RETRY_AFTER_KEY = "retry-after-ms"
-
 
 @dataclass(frozen=True)
 class AdmissionLimits:

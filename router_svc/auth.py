@@ -31,11 +31,12 @@ from typing import Any
 
 import grpc
 
+from expert_router.v1 import expert_router_pb2 as pb
 from router_svc.config import ConfigError
+from router_svc.errors import RETRY_AFTER_KEY
 
 AUTHORIZATION_KEY = "authorization"
-RETRY_AFTER_KEY = "retry-after-ms"
-ROUTER_SERVICE = "expert_router.v1.Router"
+ROUTER_SERVICE = pb.DESCRIPTOR.services_by_name["Router"].full_name
 ROUTER_RPCS = ("Generate", "Classify", "ListExperts")
 # Services reachable without a token: health probes and reflection (grpcurl list/describe).
 OPEN_SERVICE_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/",

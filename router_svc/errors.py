@@ -15,6 +15,9 @@ import grpc
 
 log = logging.getLogger("router_svc")
 
+# Trailing metadata of RESOURCE_EXHAUSTED answers: how long to wait before retrying.
+RETRY_AFTER_KEY = "retry-after-ms"
+
 
 class RouterError(Exception):
     """A failure with a definite gRPC status; ``str(exc)`` is the status details."""
@@ -56,7 +59,7 @@ class Overloaded(RouterError):
     def __init__(self, details: str, *, retry_after_ms: int, reason: str) -> None:
         super().__init__(details)
         self.reason = reason
-        self.trailing_metadata = (("retry-after-ms", str(retry_after_ms)),)
+        self.trailing_metadata = ((RETRY_AFTER_KEY, str(retry_after_ms)),)
 
 
 class UpstreamError(RouterError):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
 import os
 import shlex
 import signal
@@ -24,6 +23,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from router_svc.config import LOCAL_EXPERT_PORTS, LOCAL_HOST, LOCAL_ROUTER_PORT, RouterConfig, UpstreamExpert
+from router_svc.workers import die_with_parent
 
 SYSTEM_PROMPTS: dict[str, str] = {
     "code": "You are an expert programmer. Answer with correct, idiomatic code and a short explanation.",
@@ -34,7 +34,6 @@ SYSTEM_PROMPTS: dict[str, str] = {
     "law": "You are an expert lawyer. Explain the legal principles involved; this is not legal advice.",
     "general": "You are a helpful, concise assistant.",
 }
-_PR_SET_PDEATHSIG = 1
 
 
 @dataclass
@@ -53,12 +52,6 @@ class ExpertProcess:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no log)"
-
-
-def _die_with_parent() -> None:
-    """Runs in the child before exec: SIGTERM it when the supervisor dies, however it dies."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _check_port_free(port: int, what: str) -> None:
@@ -86,7 +79,7 @@ async def _spawn(expert: ExpertProcess, args: argparse.Namespace) -> None:
     try:
         expert.process = await asyncio.create_subprocess_exec(
             *expert_command(expert, args), stdin=asyncio.subprocess.DEVNULL, stdout=log_fd,
-            stderr=asyncio.subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent,
+            stderr=asyncio.subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent,
         )
     finally:
         os.close(log_fd)

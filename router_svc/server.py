@@ -87,7 +87,7 @@ async def build_state(cfg: RouterConfig, classifier: ScoringClassifier, metrics:
     chooser = ExpertChooser(classifier, batcher, experts=cfg.expert_names, fallback=cfg.fallback,
                             min_confidence=cfg.min_confidence, failover_margin=cfg.failover_margin,
                             metrics=metrics)
-    state = RouterState(cfg, chooser, upstream, batcher, classifier, generation)
+    state = RouterState(cfg, chooser, upstream, batcher, generation)
     try:
         await upstream.start()
     except BaseException:

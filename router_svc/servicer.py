@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from bisect import bisect_left
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -37,7 +36,7 @@ from router_svc.errors import (
     status_for,
 )
 from router_svc.logging_setup import log_request, request_log
-from router_svc.metrics import ITL_BOUNDS, RouterMetrics, add_observations
+from router_svc.metrics import ITL_BOUNDS, RouterMetrics, add_observations, itl_bucket
 from router_svc.upstream import UpstreamPool, UpstreamStream, upstream_error
 
 SERVICE_NAME = "expert_router.v1.Router"
@@ -184,7 +183,6 @@ class RouterState:
     chooser: ExpertChooser
     upstream: UpstreamPool
     batcher: MicroBatcher
-    classifier: ScoringClassifier
     generation: int = 1
     active: int = field(default=0)
 
@@ -294,7 +292,7 @@ class RouterServicer:
                     now = time.perf_counter()
                     gap = now - last
                     last = now
-                    gaps[bisect_left(ITL_BOUNDS, gap)] += 1
+                    gaps[itl_bucket(gap)] += 1  # the rule tests/unit/test_router_metrics.py checks
                     gap_sum += gap
                     frames += 1
                     if outputs is not None:

@@ -33,7 +33,7 @@ RESTART_DELAY_S = 0.5
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Runs in the child before exec: SIGTERM it when the supervisor dies, however it dies."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -74,7 +74,7 @@ class Supervisor:
         env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": self._metrics_dir}
         process = await asyncio.create_subprocess_exec(*self._command(index), env=env,
                                                        stdin=asyncio.subprocess.DEVNULL,
-                                                       preexec_fn=_die_with_parent)
+                                                       preexec_fn=die_with_parent)
         self._processes[index] = process
         self._started_at[index] = time.monotonic()
         log.info("worker %d started (pid %d)", index, process.pid)

@@ -46,6 +46,14 @@ async def collect(call) -> list[pb.GenerateResponse]:
     return [frame async for frame in call]
 
 
+async def read_to_end(call) -> list[pb.GenerateResponse]:
+    """Like collect, for a call already read with ``read()`` (the two ways cannot be mixed)."""
+    frames = []
+    while (frame := await call.read()) is not grpc.aio.EOF:
+        frames.append(frame)
+    return frames
+
+
 async def wait_until(predicate, timeout: float = 5.0, interval: float = 0.02) -> bool:
     """Poll `predicate` (sync or async) until it is true or the timeout passes."""
     loop = asyncio.get_running_loop()

@@ -18,9 +18,8 @@ END_OF_TEXT = "<|end_of_text|>"
 EOM_ID = "<|eom_id|>"
 EOT_ID = "<|eot_id|>"
 
-# Token ids of the Llama 3 vocabulary (identical in 3.0, 3.1, 3.2 and 3.3). <|eom_id|> exists
-# from 3.1 on (in 3.0 that id is a reserved token that is never generated).
-LLAMA3_TOKEN_IDS = {BEGIN_OF_TEXT: 128000, END_OF_TEXT: 128001, EOM_ID: 128008, EOT_ID: 128009}
+# <|end_of_text|> and <|eot_id|> (identical ids in Llama 3.0 to 3.3); <|eom_id|> (128008) exists
+# from 3.1 on and is found through the tokenizer when present.
 LLAMA3_DEFAULT_STOP_IDS = (128001, 128009)
 
 _STOP_TOKENS = (END_OF_TEXT, EOT_ID, EOM_ID)

@@ -350,10 +350,6 @@ class TrtllmEngine(Engine):
         self._stop_token_ids: tuple[int, ...] = ()
 
     @property
-    def layout(self) -> ModelLayout | None:
-        return self._layout
-
-    @property
     def stop_token_ids(self) -> tuple[int, ...]:
         return self._stop_token_ids
 

@@ -24,7 +24,7 @@ import pytest
 
 from expert_router.v1 import expert_router_pb2 as pb
 from expert_router.v1 import expert_router_pb2_grpc as pb_grpc
-from tests.expert_helpers import request
+from tests.expert_helpers import read_to_end, request
 from tests.expert_processes import ExpertProcess, start_expert_process
 
 IP = shutil.which("ip")
@@ -144,13 +144,6 @@ async def start_in(host: Host, name: str) -> ExpertProcess:
         name, "--tokens-per-second", "20", "--ttft-ms", "5",
         listen=f"{host.ns_ip}:0", prefix=(IP, "netns", "exec", host.netns),
     )
-
-
-async def read_to_end(call) -> list[pb.GenerateResponse]:
-    frames = []
-    while (frame := await call.read()) is not grpc.aio.EOF:
-        frames.append(frame)
-    return frames
 
 
 async def test_host_cut_off_mid_stream_errors_within_keepalive_bound_other_host_unaffected(two_hosts):

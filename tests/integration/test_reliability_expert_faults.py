@@ -19,7 +19,7 @@ import pytest
 
 from expert_router.v1 import expert_router_pb2 as pb
 from expert_router.v1 import expert_router_pb2_grpc as pb_grpc
-from tests.expert_helpers import collect, request
+from tests.expert_helpers import collect, read_to_end, request
 from tests.expert_processes import expert_processes
 
 KILL_DETECTION_S = 2.0
@@ -62,13 +62,6 @@ async def test_sigkill_mid_stream_is_unavailable_fast_and_other_expert_unaffecte
             assert rest[-1].finish_reason == pb.FINISH_REASON_LENGTH
             assert rest[-1].usage.completion_tokens == 80
         assert await victim.process.wait() == -9
-
-
-async def read_to_end(call) -> list[pb.GenerateResponse]:
-    frames = []
-    while (frame := await call.read()) is not grpc.aio.EOF:
-        frames.append(frame)
-    return frames
 
 
 class FakeHangingExpert:

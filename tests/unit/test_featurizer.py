@@ -102,7 +102,7 @@ def test_non_str_is_a_clear_value_error(featurizer: core.Featurizer, bad: object
         featurizer.transform(bad)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("kwargs", [{"num_buckets": 0}, {"char_ngram_min": 4, "char_ngram_max": 3},
+@pytest.mark.parametrize("kwargs", [{"num_buckets": 0}, {"num_buckets": 1 << 70}, {"char_ngram_min": 4, "char_ngram_max": 3},
                                     {"max_chars": 0}])
 def test_bad_parameters_are_rejected(kwargs: dict) -> None:
     with pytest.raises(ValueError):
