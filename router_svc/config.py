@@ -91,6 +91,8 @@ class RouterConfig:
     queue_timeout_s: float = DEFAULT_QUEUE_TIMEOUT_S
     retry_after_ms: int = DEFAULT_RETRY_AFTER_MS
     metrics_listen: str | None = None
+    # The OpenAI-compatible HTTP door (router_svc.http_api); None: gRPC only.
+    http_listen: str | None = None
     workers: int = 1
     log_format: str = "text"
     log_prompts: bool = False
@@ -157,6 +159,8 @@ class RouterConfig:
         _check_int("retry_after_ms", self.retry_after_ms, 0)
         if self.metrics_listen is not None:
             parse_address("metrics_listen", self.metrics_listen, allow_port_zero=True)
+        if self.http_listen is not None:
+            parse_address("http_listen", self.http_listen, allow_port_zero=True)
         _check_int("workers", self.workers, 1)
         if self.log_format not in LOG_FORMATS:
             raise ConfigError(f"log_format: expected one of {', '.join(LOG_FORMATS)}, got {self.log_format!r}")
@@ -280,6 +284,7 @@ _FILE_KEYS: dict[str, str] = {
     "queue_timeout_s": "queue_timeout_s",
     "retry_after_ms": "retry_after_ms",
     "metrics_listen": "metrics_listen",
+    "http_listen": "http_listen",
     "workers": "workers",
     "log_format": "log_format",
     "log_prompts": "log_prompts",
@@ -293,7 +298,7 @@ _FILE_KEYS: dict[str, str] = {
     "auth_tokens": "auth_tokens",
     "reflection": "reflection",
 }
-_STRING_KEYS = ("listen", "fallback", "metrics_listen", "log_format")
+_STRING_KEYS = ("listen", "fallback", "metrics_listen", "http_listen", "log_format")
 # Paths: relative ones are taken relative to the config file's folder, like ``classifier``.
 _PATH_KEYS = ("tls_cert", "tls_key", "tls_client_ca", "upstream_tls_ca", "upstream_tls_cert", "upstream_tls_key",
               "auth_tokens")
@@ -358,7 +363,7 @@ def _experts_from_yaml(value: Any) -> tuple[UpstreamExpert, ...]:
 
 def _typed_setting(key: str, value: Any, base_dir: str) -> Any:
     if key in _STRING_KEYS:
-        if key == "metrics_listen" and value is None:
+        if key in ("metrics_listen", "http_listen") and value is None:
             return None
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{key}: expected a non-empty string, got {value!r}")
@@ -416,6 +421,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "reloaded on SIGHUP and when it changes")
     parser.add_argument("--metrics-listen", metavar="HOST:PORT",
                         help="serve Prometheus metrics over HTTP here (default: off)")
+    parser.add_argument("--http-listen", metavar="HOST:PORT",
+                        help="also serve the OpenAI-compatible HTTP API here (/v1/chat/completions, "
+                             "/v1/completions, /v1/models, /health; default: off)")
     parser.add_argument("--workers", type=int, metavar="N",
                         help="router processes sharing the port (SO_REUSEPORT; default: the number of cores)")
     parser.add_argument("--max-in-flight", type=int, metavar="N",
@@ -456,7 +464,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # flag attribute -> RouterConfig field, for flags that override one setting.
 _FLAG_FIELDS = (("listen", "listen"), ("classifier", "classifier_dir"), ("fallback", "fallback"),
                 ("min_confidence", "min_confidence"), ("metrics_listen", "metrics_listen"),
-                ("workers", "workers"), ("max_in_flight", "max_in_flight"),
+                ("http_listen", "http_listen"), ("workers", "workers"), ("max_in_flight", "max_in_flight"),
                 ("max_in_flight_per_expert", "max_in_flight_per_expert"), ("queue_size", "queue_size"),
                 ("queue_timeout_s", "queue_timeout_s"), ("grace_s", "grace_s"),
                 ("log_format", "log_format"), ("log_prompts", "log_prompts"),

@@ -3,7 +3,8 @@
 Each expert runs ``python -m expert_svc`` in its own process group (so a terminal Ctrl-C reaches only
 this supervisor, which then stops the router first and the experts after it, in order) and is told
 to die with its parent, so even ``kill -9`` of the supervisor leaves no orphans. The router runs in
-this process once every expert reports SERVING.
+this process once every expert reports SERVING, with its OpenAI-compatible HTTP door on
+``127.0.0.1:8000`` (``--http-port``; 0 turns it off).
 """
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from router_svc.config import LOCAL_EXPERT_PORTS, LOCAL_HOST, LOCAL_ROUTER_PORT, RouterConfig, UpstreamExpert
 from router_svc.workers import die_with_parent
+
+LOCAL_HTTP_PORT = 8000
 
 SYSTEM_PROMPTS: dict[str, str] = {
     "code": "You are an expert programmer. Answer with correct, idiomatic code and a short explanation.",
@@ -131,7 +134,8 @@ async def _stop_experts(experts: Sequence[ExpertProcess], grace: float) -> None:
         await asyncio.wait(pending)
 
 
-def _usage(router_address: str, experts: Sequence[ExpertProcess], log_dir: Path) -> str:
+def _usage(router_address: str, experts: Sequence[ExpertProcess], log_dir: Path,
+           http_address: str | None = None) -> str:
     bin_dir = Path(sys.executable).parent
     cli = bin_dir / "expert-router"
     cli_text = os.path.relpath(cli) if cli.exists() else "expert-router"
@@ -148,6 +152,7 @@ def _usage(router_address: str, experts: Sequence[ExpertProcess], log_dir: Path)
         f"  {cli_text} generate{target} \"Write a Python function that checks whether a number is prime.\"",
         f"  {cli_text} generate{target} --expert law \"What makes a contract valid?\"",
         f"  {cli_text} experts{target}",
+        *_http_usage(http_address),
         "  grpcurl -plaintext -d " + shlex.quote('{"prompt": "What is the derivative of x^3?"}')
         + f" {router_address} expert_router.v1.Router/Generate",
         "  grpcurl -plaintext -d " + shlex.quote('{"prompt": "Symptoms of anemia?"}')
@@ -157,6 +162,15 @@ def _usage(router_address: str, experts: Sequence[ExpertProcess], log_dir: Path)
         "Ctrl-C stops everything.",
     ]
     return "\n".join(lines)
+
+
+def _http_usage(http_address: str | None) -> list[str]:
+    if not http_address:
+        return []
+    body = '{"model": "auto", "messages": [{"role": "user", "content": "What is the derivative of x^3?"}]}'
+    chat = (f"  curl -s http://{http_address}/v1/chat/completions -H 'Content-Type: application/json' "
+            f"-d {shlex.quote(body)}")
+    return [chat, f"  curl -s http://{http_address}/v1/models"]
 
 
 async def run_stack(args: argparse.Namespace) -> int:
@@ -170,6 +184,8 @@ async def run_stack(args: argparse.Namespace) -> int:
                              f"({', '.join(expert_ports)})")
         expert_ports = dict(zip(expert_ports, ports))
     _check_port_free(args.router_port, "router")
+    if args.http_port:
+        _check_port_free(args.http_port, "router (HTTP)")
     for name, port in expert_ports.items():
         _check_port_free(port, f"expert {name}")
 
@@ -225,9 +241,11 @@ async def run_stack(args: argparse.Namespace) -> int:
         cfg = RouterConfig(
             experts=tuple(UpstreamExpert(e.name, (e.address,)) for e in experts),
             listen=f"{LOCAL_HOST}:{args.router_port}", classifier_dir=args.classifier,
+            http_listen=f"{LOCAL_HOST}:{args.http_port}" if args.http_port else None,
         )
         router = await server.start(cfg)
-        print(_usage(router.address, experts, log_dir), flush=True)
+        http_address = router.http.address if router.http is not None else None
+        print(_usage(router.address, experts, log_dir, http_address), flush=True)
 
         exits = {asyncio.create_task(e.process.wait()): e for e in experts}
         while not stop.is_set():
@@ -264,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-concurrency", type=int, default=4, help="streams per expert (default 4)")
     parser.add_argument("--classifier", metavar="DIR", help="classifier artifact (default: packaged)")
     parser.add_argument("--router-port", type=int, default=LOCAL_ROUTER_PORT)
+    parser.add_argument("--http-port", type=int, default=LOCAL_HTTP_PORT,
+                        help=f"the router's OpenAI-compatible HTTP port (default {LOCAL_HTTP_PORT}; 0: off)")
     parser.add_argument("--expert-ports", metavar="P1,...,P6",
                         help=f"ports for {', '.join(LOCAL_EXPERT_PORTS)} "
                              f"(default {','.join(map(str, LOCAL_EXPERT_PORTS.values()))})")

@@ -97,7 +97,7 @@ async def build_state(cfg: RouterConfig, classifier: ScoringClassifier, metrics:
 
 
 # Settings a reload cannot change: the listening socket, its credentials and interceptors exist once.
-FIXED_AT_START = ("listen", "workers", "metrics_listen", "tls_cert", "tls_key", "tls_client_ca", "reflection",
+FIXED_AT_START = ("listen", "workers", "metrics_listen", "http_listen", "tls_cert", "tls_key", "tls_client_ca", "reflection",
                   "auth_tokens")
 
 
@@ -123,6 +123,8 @@ class RunningRouter:
         self._reload_lock = asyncio.Lock()
         self._stopped = False
         self.resolver = None
+        # The OpenAI-compatible HTTP door (router_svc.http_api), when cfg.http_listen is set.
+        self.http = None
 
     @property
     def state(self) -> RouterState:
@@ -189,7 +191,10 @@ class RunningRouter:
         self._stopped = True
         grace = self.cfg.grace_s if grace is None else grace
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(grace)
+        if self.http is not None:
+            await asyncio.gather(self.http.stop(grace), self.server.stop(grace))
+        else:
+            await self.server.stop(grace)
         for task in list(self._retiring):
             task.cancel()
         await asyncio.gather(*self._retiring, return_exceptions=True)
@@ -252,6 +257,16 @@ async def start(cfg: RouterConfig, *, classifier: ScoringClassifier | None = Non
     running = RunningRouter(server, port, servicer, admission, metrics, health_servicer, classifier_factory,
                             metrics_server, auth)
     running.resolver = resolver
+    if cfg.http_listen:
+        from router_svc.http_api import HttpFrontDoor
+
+        running.http = HttpFrontDoor(servicer, admission, metrics, auth)
+        try:
+            await running.http.start(cfg, reuse_port=reuse_port)
+        except BaseException:
+            running.http = None
+            await running.stop(0)
+            raise
     security = "mutual TLS" if cfg.mutual_tls else "TLS" if cfg.tls else "plaintext"
     log.info("router listening on %s; experts: %s; %s%s", running.address,
              ", ".join(f"{e.name}={e.describe()}" for e in cfg.experts), security,

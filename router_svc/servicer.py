@@ -191,6 +191,29 @@ class RouterState:
         await self.batcher.close()
 
 
+async def open_first_candidate(state: RouterState, route: Route, permit: Permit, request: bytes,
+                               timeout: float | None, metadata: Sequence[tuple[str, str]],
+                               metrics: RouterMetrics) -> tuple[UpstreamStream, Route]:
+    """The first candidate expert that takes the request; else the chosen expert's UNAVAILABLE.
+
+    Shared by the gRPC and the HTTP doors, so that both fail over the same way.
+    """
+    first_error: ExpertUnavailable | None = None
+    for candidate in state.chooser.candidates(route):
+        if first_error is not None:
+            if not permit.move(candidate.expert):
+                continue  # that expert is at its own bound
+            metrics.failovers.labels(route.expert, candidate.expert).inc()
+        try:
+            stream = await state.upstream.open(candidate.expert, request, timeout, metadata)
+        except ExpertUnavailable as exc:
+            first_error = first_error or exc
+            continue
+        return stream, candidate
+    assert first_error is not None  # candidates() is never empty
+    raise first_error
+
+
 def _request_metadata(context: grpc.aio.ServicerContext,
                       message: pb.GenerateRequest) -> tuple[str, list[tuple[str, str]]]:
     """The request id (header, else the message's request_id, else a new one) and what goes upstream."""
@@ -225,22 +248,8 @@ class RouterServicer:
     async def _open(self, state: RouterState, route: Route, permit: Permit, request: bytes,
                     context: grpc.aio.ServicerContext,
                     metadata: Sequence[tuple[str, str]]) -> tuple[UpstreamStream, Route]:
-        """The first candidate expert that takes the request; else the chosen expert's UNAVAILABLE."""
-        first_error: ExpertUnavailable | None = None
-        for candidate in state.chooser.candidates(route):
-            if first_error is not None:
-                if not permit.move(candidate.expert):
-                    continue  # that expert is at its own bound
-                self._metrics.failovers.labels(route.expert, candidate.expert).inc()
-            try:
-                stream = await state.upstream.open(candidate.expert, request, context.time_remaining(),
-                                                   metadata)
-            except ExpertUnavailable as exc:
-                first_error = first_error or exc
-                continue
-            return stream, candidate
-        assert first_error is not None  # candidates() is never empty
-        raise first_error
+        return await open_first_candidate(state, route, permit, request, context.time_remaining(), metadata,
+                                          self._metrics)
 
     async def Generate(self, request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
         received = time.perf_counter()

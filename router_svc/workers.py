@@ -56,10 +56,12 @@ def reserve_port(listen: str) -> tuple[socket.socket, str]:
 
 
 class Supervisor:
-    def __init__(self, cfg: RouterConfig, argv: Sequence[str], listen: str, metrics_dir: str) -> None:
+    def __init__(self, cfg: RouterConfig, argv: Sequence[str], listen: str, metrics_dir: str,
+                 http_listen: str | None = None) -> None:
         self._cfg = cfg
         self._argv = list(argv)
         self._listen = listen
+        self._http_listen = http_listen
         self._metrics_dir = metrics_dir
         self._processes: dict[int, asyncio.subprocess.Process] = {}
         self._started_at: dict[int, float] = {}
@@ -67,7 +69,8 @@ class Supervisor:
         self.failed = False
 
     def _command(self, index: int) -> list[str]:
-        return [sys.executable, "-m", "router_svc", *self._argv, "--listen", self._listen, "--workers", "1",
+        http = ["--http-listen", self._http_listen] if self._http_listen else []
+        return [sys.executable, "-m", "router_svc", *self._argv, "--listen", self._listen, *http, "--workers", "1",
                 "--worker-index", str(index)]
 
     async def _spawn(self, index: int) -> None:
@@ -148,6 +151,8 @@ class Supervisor:
 def supervise(cfg: RouterConfig, argv: Sequence[str]) -> int:
     """Runs ``cfg.workers`` router processes on ``cfg.listen`` until SIGTERM; the exit status."""
     reserved, listen = reserve_port(cfg.listen)
+    # The HTTP door's port is shared the same way (and ``:0`` resolved once for every worker).
+    http_reserved, http_listen = reserve_port(cfg.http_listen) if cfg.http_listen else (None, None)
     metrics_dir = tempfile.mkdtemp(prefix="router-metrics-")
     metrics_server = None
     try:
@@ -156,9 +161,11 @@ def supervise(cfg: RouterConfig, argv: Sequence[str]) -> int:
 
             metrics_server = MetricsServer(cfg.metrics_listen, multiprocess_registry(metrics_dir))
         log.info("supervising %d router workers on %s", cfg.workers, listen)
-        return asyncio.run(Supervisor(cfg, argv, listen, metrics_dir).run())
+        return asyncio.run(Supervisor(cfg, argv, listen, metrics_dir, http_listen).run())
     finally:
         if metrics_server is not None:
             metrics_server.close()
         reserved.close()
+        if http_reserved is not None:
+            http_reserved.close()
         shutil.rmtree(metrics_dir, ignore_errors=True)

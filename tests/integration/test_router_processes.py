@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import grpc
+import openai
 import pytest
 
 from expert_router.v1 import expert_router_pb2 as pb
@@ -108,10 +109,10 @@ async def test_router_process_serves_and_exits_0_on_sigterm(start_expert) -> Non
 @needs_classifier
 @pytest.mark.slow
 async def test_local_stack_starts_routes_and_stops_cleanly(tmp_path: Path) -> None:
-    router_port, *expert_ports = free_ports(7)
+    router_port, http_port, *expert_ports = free_ports(8)
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "router_svc.local_stack", "--engine", "synthetic",
-        "--router-port", str(router_port),
+        "--router-port", str(router_port), "--http-port", str(http_port),
         "--expert-ports", ",".join(map(str, expert_ports)), "--log-dir", str(tmp_path),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
     try:
@@ -128,13 +129,20 @@ async def test_local_stack_starts_routes_and_stops_cleanly(tmp_path: Path) -> No
             frames = [frame async for frame in call]
             assert (await call.initial_metadata())["x-expert"] == "code"
             assert frames[-1].usage.completion_tokens == 3
+        # The OpenAI-compatible door, with the curl line the stack prints.
+        assert f"curl -s http://127.0.0.1:{http_port}/v1/chat/completions" in printed
+        completion = await openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{http_port}/v1", api_key="unused",
+                                              max_retries=0).chat.completions.create(
+            model="auto", messages=[{"role": "user", "content": "Write a Python function that sorts a list."}],
+            max_tokens=3)
+        assert completion.model == "code" and completion.usage.completion_tokens == 3
         assert len(processes_mentioning(f"--listen 127.0.0.1:{expert_ports[0]}")) == 1
 
         process.send_signal(signal.SIGINT)
         assert await asyncio.wait_for(process.wait(), 60) == 0
         for port in expert_ports:
             assert processes_mentioning(f"--listen 127.0.0.1:{port}") == []
-        assert all(port_is_free(port) for port in (router_port, *expert_ports))
+        assert all(port_is_free(port) for port in (router_port, http_port, *expert_ports))
     finally:
         if process.returncode is None:
             os.kill(process.pid, signal.SIGKILL)
@@ -155,7 +163,7 @@ async def test_workers_share_one_port_and_exit_0_on_sigterm(start_expert, tmp_pa
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "router_svc", "--listen", "127.0.0.1:0", "--workers", "2",
             "--expert", f"general={expert.address}", "--metrics-listen", f"127.0.0.1:{metrics_port}",
-            stderr=log_file)
+            "--http-listen", "127.0.0.1:0", stderr=log_file)
     try:
         for _ in range(600):
             if log_path.read_text().count("router listening on") == 2:
@@ -175,6 +183,18 @@ async def test_workers_share_one_port_and_exit_0_on_sigterm(start_expert, tmp_pa
         assert len(requests) == 16
         assert len({r["pid"] for r in requests}) == 2
         assert process.pid not in {r["pid"] for r in requests}
+        # The HTTP door too: one port (``:0`` resolved once by the parent), spread over both workers.
+        http_addresses = set(re.findall(r"OpenAI-compatible HTTP on http://(127\.0\.0\.1:\d+)/v1", text))
+        assert len(http_addresses) == 1, text
+        http_address = http_addresses.pop()
+        for _ in range(16):  # a new client (connection) each time, as above
+            client = openai.AsyncOpenAI(base_url=f"http://{http_address}/v1", api_key="unused", max_retries=0)
+            completion = await client.completions.create(model="auto", prompt="hello", max_tokens=2)
+            assert completion.usage.completion_tokens == 2
+            await client.close()
+        http_requests = [json.loads(line) for line in log_path.read_text().splitlines()
+                         if line.startswith("{") and '"door":"http"' in line]
+        assert len(http_requests) == 16 and len({r["pid"] for r in http_requests}) == 2
 
         def scrape() -> float:
             with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
@@ -183,11 +203,12 @@ async def test_workers_share_one_port_and_exit_0_on_sigterm(start_expert, tmp_pa
                        for sample in family.samples
                        if sample.name == "router_requests_total" and sample.labels.get("code") == "OK")
 
-        assert await asyncio.to_thread(scrape) == 16  # the parent adds up both workers
+        assert await asyncio.to_thread(scrape) == 32  # the parent adds up both workers, both doors
 
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 30) == 0
         assert port_is_free(int(address.rpartition(":")[2]))
+        assert port_is_free(int(http_address.rpartition(":")[2]))
     finally:
         if process.returncode is None:
             process.kill()
