@@ -39,6 +39,7 @@ test-fast: install
 bench: install
 	$(PIP) install -e '.[cpu,dev,bench]'
 	$(PY) benchmarks/standard.py
+	$(PY) benchmarks/http_overhead.py
 
 # Not part of CI: 100,000+ generated inputs, and ten minutes of steady load on the router.
 fuzz: install

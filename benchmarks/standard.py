@@ -39,6 +39,9 @@ SYNTHETIC_TTFT_MS = 20.0
 SYNTHETIC_TOKENS_PER_S = 50.0
 # The six default experts, in the classifier's label order.
 EXPERT_NAMES = ("code", "math", "science", "medicine", "law", "general")
+# The section of benchmarks.md that benchmarks/http_overhead.py writes (kept when this script rewrites the file).
+HTTP_SECTION_BEGIN = "<!-- http-door:begin"
+HTTP_SECTION_END = "<!-- http-door:end -->"
 SATURATED = 0.9  # machine busy fraction above which a level is "saturated" for the tokens/s target
 
 
@@ -337,6 +340,11 @@ def write_markdown(path: Path, *, meta: Mapping[str, object], levels: Sequence[i
     lines += ["", "## Plots", "", "![latency](bench/standard-latency.png)", "",
               "![throughput](bench/standard-throughput.png)", "",
               "Raw numbers: [bench/standard.json](bench/standard.json).", ""]
+    # benchmarks/http_overhead.py owns a marked section of the same file: keep it.
+    previous = path.read_text(encoding="utf-8") if path.exists() else ""
+    start, end = previous.find(HTTP_SECTION_BEGIN), previous.find(HTTP_SECTION_END)
+    if 0 <= start < end:
+        lines += [previous[start:end + len(HTTP_SECTION_END)], ""]
     path.write_text("\n".join(lines), encoding="utf-8")
 
 

@@ -252,12 +252,10 @@ async def start(cfg: RouterConfig, *, classifier: ScoringClassifier | None = Non
     except BaseException:
         await state.close()
         raise
-    for service in ("", SERVICE_NAME):
-        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     running = RunningRouter(server, port, servicer, admission, metrics, health_servicer, classifier_factory,
                             metrics_server, auth)
     running.resolver = resolver
-    if cfg.http_listen:
+    if cfg.http_listen:  # before SERVING: a probe that sees SERVING finds both doors open
         from router_svc.http_api import HttpFrontDoor
 
         running.http = HttpFrontDoor(servicer, admission, metrics, auth)
@@ -267,6 +265,8 @@ async def start(cfg: RouterConfig, *, classifier: ScoringClassifier | None = Non
             running.http = None
             await running.stop(0)
             raise
+    for service in ("", SERVICE_NAME):
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     security = "mutual TLS" if cfg.mutual_tls else "TLS" if cfg.tls else "plaintext"
     log.info("router listening on %s; experts: %s; %s%s", running.address,
              ", ".join(f"{e.name}={e.describe()}" for e in cfg.experts), security,

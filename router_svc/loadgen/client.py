@@ -4,10 +4,16 @@ Each worker process keeps one event loop for its whole life (grpc.aio binds to i
 `LevelTask` over a pipe, runs that level's users over its own channels, and sends back the
 column-wise request records. Response frames are parsed (upb, about a microsecond each) only to
 tell token frames from others and to read the final usage.
+
+A method starting with ``http:`` (``http:/v1/chat/completions``) drives the router's OpenAI HTTP
+door instead: the requests are JSON bodies, each user's stream is read as server-sent events over
+a pooled aiohttp session (one per ``users_per_channel`` users, like the gRPC channels), and each
+event becomes a frame with the same fields the gRPC path reads.
 """
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import random
 import time
@@ -23,6 +29,8 @@ EXPERT_GENERATE = "/expert_router.v1.Expert/Generate"
 ROUTER_LIST_EXPERTS = "/expert_router.v1.Router/ListExperts"
 # Slots per worker in the shared progress array: finished requests, failed requests, tokens.
 PROGRESS_SLOTS = 3
+HTTP_PREFIX = "http:"
+HTTP_CHAT = HTTP_PREFIX + "/v1/chat/completions"
 
 CHANNEL_OPTIONS = [
     # A separate TCP connection per channel: otherwise grpc shares one subchannel per target and
@@ -30,6 +38,68 @@ CHANNEL_OPTIONS = [
     ("grpc.use_local_subchannel_pool", 1),
     ("grpc.max_receive_message_length", 16 * 1024 * 1024),
 ]
+
+
+class HttpStatusError(Exception):
+    """The HTTP door refused a request (``HTTP_<status>``) or sent an error event mid-stream."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+class _Usage:
+    __slots__ = ("completion_tokens",)
+
+    def __init__(self, completion_tokens: int) -> None:
+        self.completion_tokens = completion_tokens
+
+
+class _HttpFrame:
+    """One server-sent event, with the fields ``one_request`` reads from a GenerateResponse."""
+
+    __slots__ = ("finish_reason", "text", "token_ids", "usage")
+
+    def __init__(self, text: str, finish_reason: str | None = None, usage: _Usage | None = None) -> None:
+        self.text = text
+        self.token_ids = ()
+        self.finish_reason = finish_reason
+        self.usage = usage
+
+
+def _http_call(session, url: str):
+    """``call(body, timeout=)``: an async iterator of frames from one streamed OpenAI request."""
+    import aiohttp
+
+    headers = {"Content-Type": "application/json"}
+
+    async def call(body: bytes, timeout: float):
+        async with session.post(url, data=body, headers=headers,
+                                timeout=aiohttp.ClientTimeout(total=timeout)) as response:
+            if response.status != 200:
+                raise HttpStatusError(f"HTTP_{response.status}")
+            finish = None
+            async for line in response.content:
+                if not line.startswith(b"data: "):
+                    continue
+                payload = line[6:].strip()
+                if payload == b"[DONE]":
+                    return
+                chunk = json.loads(payload)
+                if "error" in chunk:
+                    raise HttpStatusError("HTTP_STREAM_ERROR")
+                choices = chunk.get("choices")
+                if choices:
+                    choice = choices[0]
+                    text = choice["delta"].get("content") if "delta" in choice else choice.get("text")
+                    finish = choice.get("finish_reason") or finish
+                    if text:
+                        yield _HttpFrame(text)
+                usage = chunk.get("usage")
+                if usage:  # the last event (stream_options.include_usage): finish reason and usage together
+                    yield _HttpFrame("", finish or "stop", _Usage(usage["completion_tokens"]))
+
+    return call
 
 
 @dataclass(frozen=True)
@@ -65,8 +135,15 @@ class _Level:
         self._slot = slot * PROGRESS_SLOTS
         self._parse = pb.GenerateResponse.FromString
         self._channels: list[grpc.aio.Channel] = []
+        self._sessions: list = []
 
     def channel_call(self, target: str):
+        if self.task.method.startswith(HTTP_PREFIX):
+            import aiohttp
+
+            session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+            self._sessions.append(session)
+            return _http_call(session, f"http://{target}{self.task.method[len(HTTP_PREFIX):]}")
         channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
         self._channels.append(channel)
         return channel.unary_stream(self.task.method, request_serializer=None,
@@ -75,6 +152,8 @@ class _Level:
     async def close(self) -> None:
         for channel in self._channels:
             await channel.close()
+        for session in self._sessions:
+            await session.close()
 
     async def wait_connected(self, deadline: float) -> None:
         timeout = max(deadline - time.perf_counter(), 0.05)
@@ -106,6 +185,12 @@ class _Level:
                     usage_tokens = frame.usage.completion_tokens
         except grpc.aio.AioRpcError as err:
             status = err.code().name
+        except HttpStatusError as err:
+            status = err.name
+        except Exception as err:  # the HTTP path's connection errors (aiohttp.ClientError) and timeouts
+            if not self.task.method.startswith(HTTP_PREFIX):
+                raise
+            status = type(err).__name__
         finished = time.perf_counter()
         records = self.records
         records.window_tokens += window_tokens

@@ -356,3 +356,29 @@ async def test_bad_input_gets_openai_error_shape_and_server_lives(small_router, 
         async with session.post(base + CHAT, data=json.dumps(GOOD), headers={"Content-Type": "application/json"}) \
                 as response:
             assert response.status == 200 and (await response.json())["usage"]["completion_tokens"] == 2
+
+
+async def test_load_generator_drives_the_http_door(start_router, start_expert) -> None:
+    """The HTTP mode of the load generator (benchmarks/http_overhead.py): tokens, usage and error codes."""
+    import time
+
+    from router_svc.loadgen import client
+    from router_svc.loadgen.client import LevelTask, run_task
+
+    expert = await start_expert("general", ttft_ms=5.0, tokens_per_second=200.0)
+    router = await start_router({"general": [expert.address]}, http_listen="127.0.0.1:0")
+    good = json.dumps({**GOOD, "max_tokens": 5, "stream": True, "stream_options": {"include_usage": True}}).encode()
+    bad = json.dumps({**GOOD, "model": "nope", "stream": True}).encode()
+
+    def task(requests: tuple[bytes, ...]) -> LevelTask:
+        start = time.perf_counter() + 0.05
+        return LevelTask(targets=(router.http.address,), method=client.HTTP_CHAT, requests=requests, users=2,
+                         user_offset=0, total_users=2, rate=0.0, start_at=start, ramp_s=0.0,
+                         window=(start, start + 10), stop_at=float("inf"), requests_per_user=3, think_s=0.0,
+                         timeout_s=10.0)
+
+    result = await run_task(task((good,)))
+    assert list(result["status"]) == ["OK"] * 6 and list(result["tokens"]) == [5] * 6
+    assert all(ttft > 0.004 for ttft in result["ttft"])
+    result = await run_task(task((bad,)))
+    assert list(result["status"]) == ["HTTP_404"] * 6
