@@ -6,13 +6,15 @@ loads the router's two doors in turn at each level (1, 10, 100, 300 closed-loop 
 `Router/Generate` with the chat messages, and streamed `POST /v1/chat/completions` with the same
 messages, `max_tokens` and `stream_options.include_usage`. Both doors share the process, the
 experts and the classifier, so the differences are the HTTP door's own cost: added time to first
-token (HTTP percentile minus gRPC percentile) and the router's CPU per token.
+token (HTTP percentile minus gRPC percentile) and the router's CPU per token. Each level runs
+``--repeats`` times (the two doors interleaved each time, so drift on a shared machine hits both
+alike); the report quotes the median over the repeats of each difference and ratio.
 
 Writes docs/bench/http.json and the section "The OpenAI HTTP door" of docs/benchmarks.md (between
 markers, so benchmarks/standard.py and this script each keep their own part).
 
-    python benchmarks/http_overhead.py            # 1, 10, 100, 300 users, 12 s each: about 3 minutes
-    python benchmarks/http_overhead.py --quick    # 1, 10, 100 users, 3 s each
+    python benchmarks/http_overhead.py            # 1, 10, 100, 300 users, 8 s each, 3 repeats: ~5 minutes
+    python benchmarks/http_overhead.py --quick    # 1, 10, 100 users, 3 s each, once
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import contextlib
 import datetime
 import json
 import shlex
+import statistics
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -56,7 +59,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: 1, 10, 100 users, 3 s per level")
     parser.add_argument("--levels", help="comma-separated user counts (default 1,10,100,300)")
-    parser.add_argument("--duration", type=float, help="measured seconds per level (default 12)")
+    parser.add_argument("--duration", type=float, help="measured seconds per level and repeat (default 8)")
+    parser.add_argument("--repeats", type=int, help="runs of each level, doors interleaved (default 3)")
     parser.add_argument("--warmup", type=float, help="ramp-up seconds per level (default 1.5)")
     parser.add_argument("--max-tokens", type=int, default=32, help="completion tokens per request (default 32)")
     parser.add_argument("--expert-procs", type=int, default=2, help="synthetic expert processes (default 2)")
@@ -66,7 +70,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.levels = ([int(x) for x in args.levels.split(",")] if args.levels
                    else [1, 10, 100] if args.quick else list(LEVELS))
-    args.duration = args.duration or (3.0 if args.quick else 12.0)
+    args.duration = args.duration or (3.0 if args.quick else 8.0)
+    args.repeats = args.repeats or (1 if args.quick else 3)
     args.warmup = args.warmup if args.warmup is not None else (0.5 if args.quick else 1.5)
     return args
 
@@ -109,19 +114,33 @@ def cpu_per_token_us(summary: LevelSummary) -> float | None:
     return None if cpu is None or not summary.tokens else 1e6 * cpu / summary.tokens
 
 
+def _median(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
 def comparison(levels: Sequence[int], series: dict[str, list[LevelSummary]]) -> list[dict[str, object]]:
+    """One row per level: medians over the repeats (series hold ``repeats`` summaries per level, in order)."""
     rows = []
-    for i, users in enumerate(levels):
-        g, h = series["gRPC"][i], series["HTTP"][i]
+    for users in levels:
+        grpc_runs = [s for s in series["gRPC"] if s.users == users]
+        http_runs = [s for s in series["HTTP"] if s.users == users]
+        pairs = list(zip(grpc_runs, http_runs, strict=True))
         rows.append({
-            "users": users,
-            "added_ttft_p50_ms": difference(h.ttft_ms["p50"], g.ttft_ms["p50"]),
-            "added_ttft_p99_ms": difference(h.ttft_ms["p99"], g.ttft_ms["p99"]),
-            "grpc_cpu_us_per_token": cpu_per_token_us(g),
-            "http_cpu_us_per_token": cpu_per_token_us(h),
-            "errors_grpc": sum(g.errors.values()), "errors_http": sum(h.errors.values()),
-            "requests_http": h.requests, "tokens_per_s_grpc": g.tokens_per_s, "tokens_per_s_http": h.tokens_per_s,
-            "machine_busy_http": h.machine_busy,
+            "users": users, "repeats": len(pairs),
+            "added_ttft_p50_ms": _median(difference(h.ttft_ms["p50"], g.ttft_ms["p50"]) for g, h in pairs),
+            "added_ttft_p99_ms": _median(difference(h.ttft_ms["p99"], g.ttft_ms["p99"]) for g, h in pairs),
+            "grpc_cpu_us_per_token": _median(cpu_per_token_us(g) for g in grpc_runs),
+            "http_cpu_us_per_token": _median(cpu_per_token_us(h) for h in http_runs),
+            "http_grpc_cpu_ratio": _median(
+                None if not cpu_per_token_us(g) or cpu_per_token_us(h) is None
+                else cpu_per_token_us(h) / cpu_per_token_us(g) for g, h in pairs),
+            "errors_grpc": sum(sum(g.errors.values()) for g in grpc_runs),
+            "errors_http": sum(sum(h.errors.values()) for h in http_runs),
+            "requests_http": sum(h.requests for h in http_runs),
+            "tokens_per_s_grpc": _median(g.tokens_per_s for g in grpc_runs),
+            "tokens_per_s_http": _median(h.tokens_per_s for h in http_runs),
+            "machine_busy_http": _median(h.machine_busy for h in http_runs),
         })
     return rows
 
@@ -154,7 +173,7 @@ def section(meta: dict, rows: Sequence[dict[str, object]], series: dict[str, lis
          f"{meta['classifier']}. At each level the gRPC door (`Router/Generate`, chat messages) and the HTTP "
          "door (streamed `POST /v1/chat/completions` with the same messages, `stream_options.include_usage`) "
          f"are loaded in turn, closed-loop, {meta['warmup_s']:g} s ramp-up then {meta['duration_s']:g} s "
-         "measured. Added TTFT: HTTP percentile minus gRPC percentile, each from request sent to the first "
+         f"measured, {meta['repeats']} time(s) per level; the summary quotes medians over the repeats. Added TTFT: HTTP percentile minus gRPC percentile, each from request sent to the first "
          "token at the client. CPU per token: the router's CPU time (all its processes, from /proc) over the "
          "level divided by the tokens delivered. The HTTP door parses every expert frame and writes it as a "
          "JSON event; the gRPC door forwards the frame's bytes."),
@@ -165,7 +184,7 @@ def section(meta: dict, rows: Sequence[dict[str, object]], series: dict[str, lis
     ]
     for row in rows:
         g, h = row["grpc_cpu_us_per_token"], row["http_cpu_us_per_token"]
-        cpu_ratio = None if not g or h is None else h / g
+        cpu_ratio = row["http_grpc_cpu_ratio"]
         busy = row["machine_busy_http"]
         lines.append(
             f"| {row['users']} | {_f(row['added_ttft_p50_ms'])} / {_f(row['added_ttft_p99_ms'])} "
@@ -224,11 +243,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         doors = [("gRPC", address, client.ROUTER_GENERATE, grpc_requests),
                  ("HTTP", http_address, client.HTTP_CHAT, http_requests)]
         generator = stack.enter_context(LoadGenerator(args.processes))
-        for users in args.levels:
+        for users, repeat in ((u, r) for u in args.levels for r in range(args.repeats)):
             for name, target, method, requests in doors:
                 summary = generator.run_level(
                     targets=[target], method=method, requests=requests, users=users, duration_s=args.duration,
-                    warmup_s=args.warmup, timeout_s=120.0, label=f"{users} users",
+                    warmup_s=args.warmup, timeout_s=120.0, label=f"{users} users (run {repeat + 1})",
                     watch_pids={"router": proc.pid}, on_progress=progress)
                 progress.done(f"{name:>4} {users:>5} users: TTFT p50 {_f(summary.ttft_ms['p50'], 1)} ms "
                               f"p99 {_f(summary.ttft_ms['p99'], 1)} ms, {summary.tokens_per_s:.0f} tokens/s, "
@@ -239,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     meta = {"command": command, "started": started, "machine": report.machine_description(),
             "expert_procs": args.expert_procs, "max_tokens": args.max_tokens, "duration_s": args.duration,
             "warmup_s": args.warmup, "loadgen_processes": generator.processes, "classifier": classifier_note,
-            "workers": default_workers()}
+            "workers": default_workers(), "repeats": args.repeats}
     rows = comparison(args.levels, series)
     checks = targets(rows)
     report.write_json(str(out_dir / "bench" / "http.json"), dict(meta, levels=list(args.levels), rows=rows,
