@@ -97,8 +97,8 @@ async def build_state(cfg: RouterConfig, classifier: ScoringClassifier, metrics:
 
 
 # Settings a reload cannot change: the listening socket, its credentials and interceptors exist once.
-FIXED_AT_START = ("listen", "workers", "metrics_listen", "http_listen", "tls_cert", "tls_key", "tls_client_ca", "reflection",
-                  "auth_tokens")
+FIXED_AT_START = ("listen", "workers", "metrics_listen", "http_listen", "tls_cert", "tls_key", "tls_client_ca",
+                  "reflection", "auth_tokens")
 
 
 class RunningRouter:

@@ -382,3 +382,35 @@ async def test_load_generator_drives_the_http_door(start_router, start_expert) -
     assert all(ttft > 0.004 for ttft in result["ttft"])
     result = await run_task(task((bad,)))
     assert list(result["status"]) == ["HTTP_404"] * 6
+
+
+async def test_sigterm_drain_lets_an_http_stream_finish(start_router, start_expert) -> None:
+    expert = await start_expert("general", ttft_ms=5.0, tokens_per_second=40.0)
+    router = await start_router({"general": [expert.address]}, http_listen="127.0.0.1:0")
+    async with aiohttp.ClientSession() as session:
+        response = await session.post(f"http://{router.http.address}{CHAT}", json={
+            **GOOD, "max_tokens": 12, "stream": True})
+        await response.content.readline()  # in flight
+        stopping = asyncio.ensure_future(router.stop(5.0))
+        body = (await response.read()).decode()
+        await stopping
+    assert body.endswith("data: [DONE]\n\n")
+    assert expert.engine.stats.finished == 1 and expert.engine.stats.aborted == 0
+
+
+async def test_expert_failing_mid_stream_ends_with_an_error_event(start_router, start_expert) -> None:
+    expert = await start_expert("general", ttft_ms=5.0, tokens_per_second=20.0)
+    router = await start_router({"general": [expert.address]}, http_listen="127.0.0.1:0")
+    async with aiohttp.ClientSession() as session:
+        response = await session.post(f"http://{router.http.address}{CHAT}", json={
+            **GOOD, "max_tokens": 200, "stream": True})
+        await response.content.readline()
+        await expert.stop(0)  # the expert goes away mid-stream
+        events = [e for e in (await response.read()).decode().split("\n\n") if e]
+    assert response.status == 200
+    error = json.loads(events[-1].removeprefix("data: "))["error"]
+    # The expert's own status passes through (UNAVAILABLE: its server is stopping), as on the gRPC door.
+    assert (error["type"], error["code"]) == ("server_error", "unavailable") and error["message"]
+    assert "data: [DONE]" not in events
+    async with aiohttp.ClientSession() as session, session.get(f"http://{router.http.address}/health") as health:
+        assert health.status == 503  # its only expert is gone
