@@ -98,6 +98,7 @@ UPSTREAM_FAILURE_STATUS = 502
 GENERATE_RPC = f"/{ROUTER_SERVICE}/Generate"
 LIST_RPC = f"/{ROUTER_SERVICE}/ListExperts"
 BACKLOG = 1024
+KEEPALIVE_S = 75.0
 
 
 def api_error_for(exc: BaseException) -> ApiError:
@@ -171,7 +172,10 @@ class HttpFrontDoor:
 
     async def start(self, cfg: RouterConfig, *, reuse_port: bool = False) -> None:
         sock = bind_socket(cfg.http_listen, reuse_port=reuse_port)
-        self._server = web.Server(self._handle, handler_cancellation=True, access_log=None)
+        # Idle keep-alive connections close after KEEPALIVE_S (aiohttp's low-level default is an hour,
+        # which lets idle clients pile up); request lines go to the request log, not an access log.
+        self._server = web.Server(self._handle, handler_cancellation=True, access_log=None,
+                                  keepalive_timeout=KEEPALIVE_S)
         self._runner = web.ServerRunner(self._server, handle_signals=False)
         await self._runner.setup()
         site = web.SockSite(self._runner, sock, ssl_context=server_ssl_context(cfg), backlog=BACKLOG)
