@@ -414,3 +414,41 @@ async def test_expert_failing_mid_stream_ends_with_an_error_event(start_router, 
     assert "data: [DONE]" not in events
     async with aiohttp.ClientSession() as session, session.get(f"http://{router.http.address}/health") as health:
         assert health.status == 503  # its only expert is gone
+
+
+async def test_reload_reaches_the_http_door(start_router, start_expert) -> None:
+    from router_svc.config import parse_expert_flag
+
+    general, math = await start_expert("general"), await start_expert("math")
+    router = await start_router({"general": [general.address]}, http_listen="127.0.0.1:0")
+    client = openai_client(router)
+    assert [m.id for m in (await client.models.list()).data] == ["auto", "general"]
+    await router.apply(router.cfg.with_overrides(experts=(parse_expert_flag(f"general={general.address}"),
+                                                          parse_expert_flag(f"math={math.address}"))))
+    assert [m.id for m in (await client.models.list()).data] == ["auto", "general", "math"]
+    completion = await client.chat.completions.create(model="auto", messages=[{"role": "user",
+                                                                             "content": MATH_PROMPT}], max_tokens=2)
+    assert completion.model == "math" and math.engine.stats.started == 1
+
+
+async def test_mutual_tls_requires_a_client_certificate(start_router, start_expert, tmp_path: Path) -> None:
+    from tests.certs import make_pki
+
+    pki = make_pki(tmp_path)
+    expert = await start_expert("general")
+    router = await start_router({"general": [expert.address]}, http_listen="127.0.0.1:0",
+                                tls_cert=str(pki.server.cert), tls_key=str(pki.server.key),
+                                tls_client_ca=str(pki.ca.cert))
+    url = f"https://{router.http.address}/v1/models"
+    without = ssl.create_default_context(cafile=str(pki.ca.cert))
+    with_cert = ssl.create_default_context(cafile=str(pki.ca.cert))
+    with_cert.load_cert_chain(str(pki.client.cert), str(pki.client.key))
+    rogue = ssl.create_default_context(cafile=str(pki.ca.cert))
+    rogue.load_cert_chain(str(pki.rogue_client.cert), str(pki.rogue_client.key))
+    async with aiohttp.ClientSession() as session:
+        for context in (without, rogue):
+            with pytest.raises(aiohttp.ClientError):
+                async with session.get(url, ssl=context) as response:
+                    await response.read()
+        async with session.get(url, ssl=with_cert) as response:
+            assert response.status == 200 and (await response.json())["data"][1]["id"] == "general"
