@@ -151,7 +151,19 @@ def test_dns_experts_from_flags_and_yaml(tmp_path: Path) -> None:
     ("experts: {general: 'h:1'}\nmetrics_listen: 9100\n", "metrics_listen: expected a non-empty string"),
     ("experts: {general: 'h:1'}\neject_base_s: 5\neject_max_s: 1\n", "eject_max_s: expected a number in"),
     ("experts: {general: 'h:1'}\nlog_prompts: 'yes'\n", "log_prompts: expected true or false"),
+    ("experts: {general: 'h:1'}\nhttp_listen: 8000\n", "http_listen: expected a non-empty string"),
+    ("experts: {general: 'h:1'}\nhttp_listen: 'localhost'\n", "http_listen: expected HOST:PORT"),
 ])
 def test_bad_new_keys_are_named(tmp_path: Path, body: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse("--config", write(tmp_path, body))
+
+
+def test_http_listen_from_flag_and_yaml(tmp_path: Path) -> None:
+    assert parse().http_listen is None  # off unless asked for
+    path = write(tmp_path, """
+        experts: {general: 'h:1'}
+        http_listen: 0.0.0.0:8080
+    """)
+    assert parse("--config", path).http_listen == "0.0.0.0:8080"
+    assert parse("--config", path, "--http-listen", "127.0.0.1:0").http_listen == "127.0.0.1:0"
