@@ -34,8 +34,8 @@ import grpc
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from expert_router.v1 import expert_router_pb2 as pb  # noqa: E402
-from expert_router.v1 import expert_router_pb2_grpc as pb_grpc  # noqa: E402
+from expert_router.v1 import expert_router_pb2 as pb
+from expert_router.v1 import expert_router_pb2_grpc as pb_grpc
 
 SERVING = re.compile(r"serving .* on (\S+:\d+)")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")

@@ -132,10 +132,12 @@ class ExpertServicer(pb_grpc.ExpertServicer):
             # aclosing: if this handler is cancelled while it waits to send a frame, the engine's
             # generator is still closed, which aborts the request inside the engine.
             interval = 1 if self._engine.coalesces_frames else self._stream_interval
-            async with contextlib.aclosing(self._engine.generate(engine_request)) as deltas:
-                async with contextlib.aclosing(coalesce(deltas, interval)) as frames:
-                    async for delta in frames:
-                        yield delta_to_pb(delta)
+            async with (
+                contextlib.aclosing(self._engine.generate(engine_request)) as deltas,
+                contextlib.aclosing(coalesce(deltas, interval)) as frames,
+            ):
+                async for delta in frames:
+                    yield delta_to_pb(delta)
         except Exception as exc:  # noqa: BLE001 - mapped below; CancelledError is not an Exception
             error = exc
         finally:

@@ -68,8 +68,8 @@ def missing_requirements(
         for module, what in (("torch", "PyTorch (torch)"),
                              ("transformers", "Hugging Face transformers"),
                              ("accelerate", "accelerate (device_map='auto')"),
-                             ("modelopt", "NVIDIA ModelOpt (pip install 'expert-router[quantization]', package "
-                                          "nvidia-modelopt)")):
+                             ("modelopt", ("NVIDIA ModelOpt (pip install 'expert-router[quantization]', "
+                                           "package nvidia-modelopt)"))):
             if not has_module(module):
                 missing.append(what)
         if any(b.gguf_file for b in builds) and not has_module("gguf"):

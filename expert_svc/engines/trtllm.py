@@ -699,7 +699,7 @@ def _request_error_class() -> type[BaseException] | None:
     """TensorRT-LLM's RequestError (executor/utils.py), raised for a request the executor refuses."""
     try:
         module = importlib.import_module("tensorrt_llm.executor.utils")
-    except Exception:  # an older or trimmed install: such errors then count as engine failures
+    except Exception:  # noqa: BLE001 - an older or trimmed install: its errors count as engine failures
         return None
     cls = getattr(module, "RequestError", None)
     return cls if isinstance(cls, type) and issubclass(cls, BaseException) else None

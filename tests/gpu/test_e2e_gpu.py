@@ -87,8 +87,9 @@ async def _start(argv: list[str], pattern: re.Pattern, timeout: float) -> tuple[
 @pytest.mark.timeout(3600)
 async def test_build_serve_route_cancel_and_compare_perplexity(tmp_path):
     manifest = _write_manifest(tmp_path)
-    build = subprocess.run(["make", "--no-print-directory", "build-engines", f"MANIFEST={manifest}"], cwd=ROOT,
-                           capture_output=True, text=True, timeout=3000, check=False)
+    build = await asyncio.to_thread(
+        subprocess.run, ["make", "--no-print-directory", "build-engines", f"MANIFEST={manifest}"], cwd=ROOT,
+        capture_output=True, text=True, timeout=3000, check=False)
     print(build.stdout)
     assert build.returncode == 0, build.stderr[-4000:]
 
