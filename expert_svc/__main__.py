@@ -8,13 +8,15 @@ import sys
 
 from .config import config_from_args
 from .errors import EngineStartupError
-from .server import serve
+from .server import preflight, serve
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
         cfg = config_from_args(argv)
-    except ValueError as exc:
+        # A wrong model directory is a usage error: named before anything is bound or imported.
+        preflight(cfg)
+    except (ValueError, EngineStartupError) as exc:
         print(f"expert_svc: error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(

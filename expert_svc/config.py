@@ -14,6 +14,13 @@ from .tls import server_credentials
 ENGINES = ("llamacpp", "synthetic", "trtllm")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# Requests an engine generates at once when --max-concurrency is not given. llama.cpp: its slots
+# (each holds a full context, so more slots cost memory and per-stream speed on a CPU); synthetic:
+# timers only, so as many as the flag allows; trtllm: None, the engine's max batch size, known once
+# the model directory is read (an engine batches hundreds of requests, and refusing the fifth
+# would waste the GPU).
+DEFAULT_MAX_CONCURRENCY: dict[str, int | None] = {"llamacpp": 4, "synthetic": 4096, "trtllm": None}
+MAX_STREAM_INTERVAL = 1024
 
 
 def default_threads() -> int:
@@ -46,7 +53,10 @@ class ExpertConfig:
     listen: str = "127.0.0.1:0"
     model: str | None = None
     system_prompt: str | None = None
-    max_concurrency: int = 4
+    # None: the engine's default (DEFAULT_MAX_CONCURRENCY); trtllm resolves it when the model loads.
+    max_concurrency: int | None = None
+    # Tokens per response frame after the first (1: a frame per token).
+    stream_interval: int = 1
     ttft_ms: float = 20.0
     tokens_per_second: float = 50.0
     # None: the engine's own limit (trtllm reads it from the model); 2048 for the others.
@@ -100,7 +110,11 @@ class ExpertConfig:
                 raise ValueError(f"model file not found: {self.model}")
         if self.engine != "trtllm" and self.tokenizer is not None:
             raise ValueError("--tokenizer applies to the trtllm engine only")
-        _check_int("max_concurrency", self.max_concurrency, 1, 4096)
+        if self.max_concurrency is None:
+            object.__setattr__(self, "max_concurrency", DEFAULT_MAX_CONCURRENCY[self.engine])
+        if self.max_concurrency is not None:
+            _check_int("max_concurrency", self.max_concurrency, 1, 4096)
+        _check_int("stream_interval", self.stream_interval, 1, MAX_STREAM_INTERVAL)
         _check_float("ttft_ms", self.ttft_ms, minimum=0.0)
         _check_float("tokens_per_second", self.tokens_per_second, minimum=0.0, exclusive=True)
         if self.context_length is None and self.engine != "trtllm":
@@ -183,8 +197,18 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--max-concurrency",
         type=int,
-        default=4,
-        help="requests generated at once; more get RESOURCE_EXHAUSTED (default 4)",
+        default=None,
+        help="requests generated at once; more get RESOURCE_EXHAUSTED (default: llamacpp 4, its slots; "
+        "trtllm the engine's max batch size; synthetic 4096)",
+    )
+    parser.add_argument(
+        "--stream-interval",
+        type=int,
+        default=1,
+        metavar="N",
+        help="send a response frame every N tokens: the first token at once, the rest together at the "
+        "end (trtllm with a Hugging Face checkpoint: TensorRT-LLM's own stream_interval); fewer frames "
+        "cost less CPU per token and add up to N-1 tokens of delay (default 1: a frame per token)",
     )
     parser.add_argument(
         "--ttft-ms", type=float, default=20.0, help="synthetic: time to first token (default 20)"

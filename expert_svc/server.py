@@ -71,18 +71,29 @@ def server_options(cfg: ExpertConfig) -> list[tuple[str, int]]:
 
 
 def _request_limits(cfg: ExpertConfig, context_length: int | None) -> RequestLimits:
+    # Before a trtllm model has loaded its context length is unknown; requests then get
+    # UNAVAILABLE from the servicer, so any valid bound will do until `load` replaces it.
     return RequestLimits(
-        context_length=context_length or RequestLimits.context_length,
+        context_length=context_length or max(cfg.default_max_tokens, RequestLimits().context_length),
         default_max_tokens=cfg.default_max_tokens,
         max_prompt_bytes=cfg.max_prompt_bytes,
     )
 
 
-async def start(cfg: ExpertConfig) -> RunningExpert:
-    """Bind the server, load the engine, and report SERVING once the model is loaded."""
+def preflight(cfg: ExpertConfig) -> None:
+    """What can be checked before binding and loading (the trtllm model directory and the flags
+    that must agree with it); raises EngineStartupError naming what is wrong and what to do."""
+    create_engine(cfg).preflight()
+
+
+async def bind(cfg: ExpertConfig) -> RunningExpert:
+    """Start serving with the engine not loaded yet: health answers NOT_SERVING, reflection and
+    GetInfo answer, Generate answers UNAVAILABLE. `load` makes it SERVING."""
     engine = create_engine(cfg)
     limits = _request_limits(cfg, cfg.context_length)
-    servicer = ExpertServicer(cfg.name, engine, limits, cfg.max_concurrency)
+    servicer = ExpertServicer(
+        cfg.name, engine, limits, cfg.max_concurrency, stream_interval=cfg.stream_interval
+    )
     health_servicer = health.aio.HealthServicer()
     server = grpc.aio.server(options=server_options(cfg))
     add_expert_servicer(servicer, server)
@@ -104,27 +115,43 @@ async def start(cfg: ExpertConfig) -> RunningExpert:
     if port == 0:
         raise OSError(f"could not listen on {cfg.listen}: the address is in use or not available here")
     await server.start()
+    return RunningExpert(cfg, server, engine, servicer, health_servicer, port)
+
+
+async def load(running: RunningExpert) -> None:
+    """Load the engine (the event loop keeps serving meanwhile), then report SERVING; on failure
+    the server is stopped and the error raised."""
+    cfg, engine, servicer = running.config, running.engine, running.servicer
     try:
         await engine.start()
     except BaseException:
-        await server.stop(None)
+        running._stopped = True
+        await running.server.stop(None)
         await engine.close()
         raise
+    info = engine.info()
     if cfg.context_length is None:
         # The engine knows its context length only once the model is loaded (trtllm).
-        servicer.limits = _request_limits(cfg, engine.info().context_length)
+        servicer.limits = _request_limits(cfg, info.context_length)
+    if servicer.max_concurrency is None:
+        servicer.max_concurrency = info.max_concurrency
     for service in ("", EXPERT_SERVICE):
-        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    running = RunningExpert(cfg, server, engine, servicer, health_servicer, port)
-    info = engine.info()
+        await running.health.set(service, health_pb2.HealthCheckResponse.SERVING)
     log.info(
-        "expert %s serving %s (%s, %s) on %s",
+        "expert %s serving %s (%s, %s; %d concurrent requests) on %s",
         cfg.name,
         info.model,
         info.quantization,
         info.engine,
+        servicer.max_concurrency,
         running.address,
     )
+
+
+async def start(cfg: ExpertConfig) -> RunningExpert:
+    """Bind the server, load the engine, and report SERVING once the model is loaded."""
+    running = await bind(cfg)
+    await load(running)
     return running
 
 

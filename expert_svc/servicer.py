@@ -15,6 +15,7 @@ from expert_router.v1 import expert_router_pb2_grpc as pb_grpc
 from .convert import RequestLimits, delta_to_pb, info_to_pb, request_from_pb
 from .engines.base import Engine
 from .errors import EngineUnavailableError, InvalidRequestError, OverloadedError, status_for
+from .streaming import coalesce
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +77,21 @@ def add_expert_servicer(servicer: ExpertServicer, server: grpc.aio.Server) -> No
 class ExpertServicer(pb_grpc.ExpertServicer):
     """Serves `expert_router.v1.Expert` for one engine."""
 
-    def __init__(self, name: str, engine: Engine, limits: RequestLimits, max_concurrency: int) -> None:
+    def __init__(
+        self,
+        name: str,
+        engine: Engine,
+        limits: RequestLimits,
+        max_concurrency: int | None,
+        *,
+        stream_interval: int = 1,
+    ) -> None:
         self._name = name
         self._engine = engine
         self.limits = limits
-        self._max_concurrency = max_concurrency
+        # None until the engine has loaded and stated its own limit (trtllm: its max batch size).
+        self.max_concurrency = max_concurrency
+        self._stream_interval = stream_interval
         self._active = 0
 
     @property
@@ -93,9 +104,10 @@ class ExpertServicer(pb_grpc.ExpertServicer):
             raise EngineUnavailableError(
                 f"expert {self._name!r} is not ready (model loading or shutting down)"
             )
-        if self._active >= self._max_concurrency:
+        limit = self.max_concurrency if self.max_concurrency is not None else self._engine.info().max_concurrency
+        if self._active >= limit:
             raise OverloadedError(
-                f"expert {self._name!r} is busy: all {self._max_concurrency} generation slots are in use; "
+                f"expert {self._name!r} is busy: all {limit} generation slots are in use; "
                 f"retry later or on another replica"
             )
 
@@ -106,6 +118,9 @@ class ExpertServicer(pb_grpc.ExpertServicer):
             await context.abort(*status_for(request.error(), expert=self._name))
         request_id = request.request_id
         try:
+            if not self._engine.ready:
+                # Before the limits of a model still loading are known.
+                self._admit()
             engine_request = request_from_pb(request, self.limits)
             request_id = engine_request.request_id
             self._admit()
@@ -116,8 +131,12 @@ class ExpertServicer(pb_grpc.ExpertServicer):
         try:
             # aclosing: if this handler is cancelled while it waits to send a frame, the engine's
             # generator is still closed, which aborts the request inside the engine.
-            async with contextlib.aclosing(self._engine.generate(engine_request)) as deltas:
-                async for delta in deltas:
+            interval = 1 if self._engine.coalesces_frames else self._stream_interval
+            async with (
+                contextlib.aclosing(self._engine.generate(engine_request)) as deltas,
+                contextlib.aclosing(coalesce(deltas, interval)) as frames,
+            ):
+                async for delta in frames:
                     yield delta_to_pb(delta)
         except Exception as exc:  # noqa: BLE001 - mapped below; CancelledError is not an Exception
             error = exc

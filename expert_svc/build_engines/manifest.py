@@ -21,6 +21,7 @@ import yaml
 from .gguf_header import GGUFError, read_gguf_metadata
 
 QUANTIZATIONS = ("fp8", "int4_awq", "w4a8_awq", "none")
+KV_CACHE_QUANTIZATIONS = ("none", "fp8")
 GROUPED = ("int4_awq", "w4a8_awq")
 DTYPES = ("bfloat16", "float16")
 DEFAULT_GROUP_SIZE = 128
@@ -30,6 +31,8 @@ EXPERT_KEYS = {
     "gguf_file": "GGUF file name inside `source` (a directory)",
     "quantization": f"one of {', '.join(QUANTIZATIONS)}",
     "group_size": "INT4 block size (int4_awq / w4a8_awq)",
+    "kv_cache_quantization": f"one of {', '.join(KV_CACHE_QUANTIZATIONS)} (default none); fp8 needs a "
+                             "quantized build",
     "tp_size": "tensor-parallel size",
     "max_batch_size": "engine limit: requests batched at once",
     "max_input_len": "engine limit: prompt tokens",
@@ -84,6 +87,7 @@ class ExpertBuild:
     gguf_file: str | None
     quantization: str
     group_size: int | None
+    kv_cache_quantization: str
     tp_size: int
     max_batch_size: int
     max_input_len: int
@@ -95,6 +99,9 @@ class ExpertBuild:
     dtype: str
     output_dir: str
     shape: ModelShape
+    # Which checkpoint stage 1 exports: "hf" (served by TensorRT-LLM's PyTorch backend) or
+    # "trtllm" (the input of trtllm-build). Not a manifest key: the pipeline sets it from the stages.
+    export: str = "hf"
 
     @property
     def source_config(self) -> str | None:
@@ -116,7 +123,8 @@ class ExpertBuild:
         """The settings that decide the outputs (what the up-to-date stamp digests)."""
         return {
             "name": self.name, "source_dir": os.path.abspath(self.source_dir), "gguf_file": self.gguf_file,
-            "quantization": self.quantization, "group_size": self.group_size, "tp_size": self.tp_size,
+            "quantization": self.quantization, "group_size": self.group_size,
+            "kv_cache_quantization": self.kv_cache_quantization, "export": self.export, "tp_size": self.tp_size,
             "max_batch_size": self.max_batch_size, "max_input_len": self.max_input_len,
             "max_seq_len": self.max_seq_len, "max_num_tokens": self.max_num_tokens,
             "calibration": os.path.abspath(self.calibration) if self.calibration else None,
@@ -294,6 +302,14 @@ def _check_expert(check: _Checker, where: str, entry: dict[str, Any]) -> ExpertB
         check.add(f"{where}.group_size", f"applies to int4_awq and w4a8_awq only, not {quantization!r}")
         group_size = None
 
+    kv_cache = entry.get("kv_cache_quantization", "none")
+    if kv_cache not in KV_CACHE_QUANTIZATIONS:
+        check.add(f"{where}.kv_cache_quantization",
+                  f"must be one of {', '.join(KV_CACHE_QUANTIZATIONS)}, got {kv_cache!r}")
+    elif kv_cache != "none" and quantization == "none":
+        check.add(f"{where}.kv_cache_quantization",
+                  f"{kv_cache} needs a quantized build (fp8, int4_awq or w4a8_awq) with calibration data")
+
     tp_size = check.positive_int(entry, where, "tp_size", required=False, default=1)
     max_batch_size = check.positive_int(entry, where, "max_batch_size", required=True)
     max_input_len = check.positive_int(entry, where, "max_input_len", required=True)
@@ -360,7 +376,7 @@ def _check_expert(check: _Checker, where: str, entry: dict[str, Any]) -> ExpertB
         return None
     return ExpertBuild(
         name=name, source_dir=source_dir, gguf_file=gguf_file, quantization=quantization,
-        group_size=group_size, tp_size=tp_size, max_batch_size=max_batch_size, max_input_len=max_input_len,
+        group_size=group_size, kv_cache_quantization=kv_cache, tp_size=tp_size, max_batch_size=max_batch_size, max_input_len=max_input_len,
         max_seq_len=max_seq_len, max_num_tokens=max_num_tokens, calibration=calibration,
         calibration_samples=samples, calibration_max_len=sample_len, dtype=dtype, output_dir=output_dir,
         shape=shape,

@@ -44,5 +44,6 @@ def create_engine(cfg: ExpertConfig) -> Engine:
             context_length=cfg.context_length,
             max_concurrency=cfg.max_concurrency,
             system_prompt=cfg.system_prompt,
+            stream_interval=cfg.stream_interval,
         )
     raise ValueError(f"unknown engine {cfg.engine!r}")

@@ -27,6 +27,17 @@ class Engine(abc.ABC):
         """True once the model is loaded and until `close()`."""
         return self._ready
 
+    @property
+    def coalesces_frames(self) -> bool:
+        """True when the engine itself groups tokens by the configured stream interval (then the
+        servicer sends its deltas as they come)."""
+        return False
+
+    def preflight(self) -> object:
+        """Checks that need only files and settings, before anything heavy is imported or loaded;
+        raises EngineStartupError with what is wrong and what to do."""
+        return None
+
     @abc.abstractmethod
     async def start(self) -> None:
         """Load the model; returns when the engine can serve."""

@@ -4,6 +4,7 @@ exported. Needs a GPU, nvidia-modelopt, transformers, torch with CUDA and gguf."
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import importlib.util
 import json
@@ -46,6 +47,13 @@ def test_stage1_quantizes_and_exports_smollm2(tmp_path, quantization, group_size
     assert quant["quantization"]["quant_algo"] == algo
     assert glob.glob(str(tmp_path / quantization / "hf" / "*.safetensors"))
     assert (tmp_path / quantization / "hf" / "tokenizer_config.json").is_file()
+    assert not (tmp_path / quantization / "trtllm-checkpoint").exists()  # one export per model
+    report = json.loads((tmp_path / quantization / "perplexity.json").read_text())
+    print(f"{quantization}: perplexity {report['unquantized']} -> {report['quantized']}")
+
+    # The engine path: the TensorRT-LLM checkpoint alone, accelerate's hooks removed first.
+    engine_build = dataclasses.replace(build, export="trtllm")
+    run_stage1(engine_build, print)
     ckpt = json.loads((tmp_path / quantization / "trtllm-checkpoint" / "config.json").read_text())
     assert ckpt["quantization"]["quant_algo"] == algo
     assert (tmp_path / quantization / "trtllm-checkpoint" / "rank0.safetensors").is_file()

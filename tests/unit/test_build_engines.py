@@ -17,12 +17,15 @@ from expert_svc.build_engines.gguf_header import read_gguf_metadata, write_gguf_
 from expert_svc.build_engines.manifest import ManifestError, parse_manifest
 from expert_svc.build_engines.pipeline import (
     BuildError,
+    Outcome,
     execute,
     missing_requirements,
     run_stage2,
     summary_table,
     trtllm_build_command,
     with_group_size,
+    with_kv_cache_quantization,
+    write_perplexity,
 )
 
 LLAMA3_8B = {"hidden_size": 4096, "intermediate_size": 14336, "num_attention_heads": 32,
@@ -213,12 +216,18 @@ class _Stages:
 
     def __init__(self) -> None:
         self.calls: list[tuple[int, str]] = []
+        self.exports: list[str] = []
 
     def stage1(self, build, log) -> None:
         self.calls.append((1, build.name))
-        for d in (build.hf_dir, build.checkpoint_dir):
-            os.makedirs(d, exist_ok=True)
-            Path(d, "config.json").write_text("{}")
+        self.exports.append(build.export)
+        if build.export == "hf":
+            os.makedirs(build.hf_dir, exist_ok=True)
+            Path(build.hf_dir, "config.json").write_text("{}")
+            Path(build.hf_dir, "model.safetensors").write_bytes(b"\0")
+            return
+        os.makedirs(build.checkpoint_dir, exist_ok=True)
+        Path(build.checkpoint_dir, "config.json").write_text("{}")
         for r in range(build.tp_size):
             Path(build.checkpoint_dir, f"rank{r}.safetensors").write_bytes(b"\0")
 
@@ -275,12 +284,19 @@ def test_missing_engine_files_are_rebuilt(llama8b, calib, tmp_path):
     assert fake.calls == [(2, "code")]
 
 
-def test_stage_one_alone_then_stage_two(llama8b, calib, tmp_path):
+def test_stage_one_exports_one_checkpoint_chosen_by_the_stages(llama8b, calib, tmp_path):
     (build,) = parse_manifest({"experts": [_expert(llama8b, calib, str(tmp_path / "a"))]})
     fake = _Stages()
+    # --stages 1: the Hugging Face checkpoint alone (the PyTorch backend serves it).
     assert _run([build], stages=[1], fake=fake)[0].stages == {1: "built"}
-    assert _run([build], stages=[2], fake=fake)[0].stages == {2: "built"}
-    assert fake.calls == [(1, "code"), (2, "code")]
+    assert fake.exports == ["hf"] and Path(build.hf_dir).is_dir() and not Path(build.checkpoint_dir).exists()
+    # An engine needs the TensorRT-LLM checkpoint: stage 2 alone says so, the full build re-runs stage 1.
+    with pytest.raises(BuildError, match="run stage 1 first"):
+        _run([build], stages=[2], fake=fake)
+    assert _run([build], stages=[1, 2], fake=fake)[0].stages == {1: "built", 2: "built"}
+    assert fake.exports == ["hf", "trtllm"]
+    assert _run([build], stages=[2], fake=fake)[0].stages == {2: "up to date"}
+    assert fake.calls == [(1, "code"), (1, "code"), (2, "code")]
 
 
 def test_stage_two_without_a_checkpoint_fails_clearly(llama8b, calib, tmp_path):
@@ -315,11 +331,17 @@ def test_missing_gpu_modelopt_and_tensorrt_llm_are_all_named(llama8b, calib, tmp
     missing = missing_requirements([1, 2], [build], gpu_probe=lambda: "no NVIDIA driver (libcuda.so.1 does not load)",
                                    has_module=lambda name: name == "torch", which=lambda name: None)
     text = "; ".join(missing)
-    assert "an NVIDIA GPU for ModelOpt calibration (no NVIDIA driver" in text
-    assert "NVIDIA ModelOpt" in text and "nvidia-modelopt" in text
+    assert "NVIDIA ModelOpt" in text and "nvidia-modelopt" in text and "accelerate" in text
     assert "Hugging Face transformers" in text
     assert "TensorRT-LLM 1.2.x (trtllm-build is not on PATH)" in text and "--stages 1" in text
     assert "PyTorch" not in text
+    # Stage 1 runs on a CPU (slowly); only trtllm-build needs the GPU.
+    assert "ModelOpt calibration" not in text
+    stage2_only = missing_requirements([2], [build], gpu_probe=lambda: "no NVIDIA driver",
+                                       has_module=lambda name: True, which=lambda name: "/usr/bin/" + name)
+    assert stage2_only == ["an NVIDIA GPU for trtllm-build (no NVIDIA driver)"]
+    assert missing_requirements([1], [build], gpu_probe=lambda: "no NVIDIA driver",
+                                has_module=lambda name: True, which=lambda name: None) == []
 
 
 def test_build_stops_before_any_work_when_the_machine_lacks_something(llama8b, calib, tmp_path):
@@ -373,8 +395,9 @@ def test_trtllm_build_command_and_tokenizer_copy(llama8b, calib, tmp_path):
     assert trtllm_build_command(build) == [
         "trtllm-build", "--checkpoint_dir", build.checkpoint_dir, "--output_dir", build.engine_dir,
         "--max_batch_size", "8", "--max_input_len", "1024", "--max_seq_len", "2048", "--max_num_tokens", "4096"]
-    os.makedirs(build.hf_dir)
-    Path(build.hf_dir, "tokenizer.json").write_text("{}")
+    # The tokenizer is saved beside the TensorRT-LLM checkpoint (the only export of an engine build).
+    os.makedirs(build.checkpoint_dir)
+    Path(build.checkpoint_dir, "tokenizer.json").write_text("{}")
 
     def fake_run(command, stdout, stderr, check):
         os.makedirs(build.engine_dir)
@@ -390,3 +413,43 @@ def test_trtllm_build_command_and_tokenizer_copy(llama8b, calib, tmp_path):
 
     with pytest.raises(BuildError, match="(?s)exit 1.*out of memory"):
         run_stage2(build, lambda m: None, run=failing_run)
+
+
+def test_gemm_plugin_only_for_unquantized_engines(llama8b, calib, tmp_path):
+    # TensorRT-LLM's FP8 tuning guide: leave the GEMM plugin off for quantized engines (its
+    # default); it helps BF16/FP16 ones.
+    (fp8, bf16) = parse_manifest({"experts": [
+        _expert(llama8b, calib, str(tmp_path / "f"), name="f", quantization="fp8", group_size=None),
+        _expert(llama8b, calib, str(tmp_path / "b"), name="b", quantization="none", group_size=None)]})
+    assert "--gemm_plugin" not in trtllm_build_command(fp8)
+    assert trtllm_build_command(bf16)[-2:] == ["--gemm_plugin", "auto"]
+
+
+def test_fp8_kv_cache_is_a_manifest_option(llama8b, calib, tmp_path):
+    (build,) = parse_manifest({"experts": [_expert(llama8b, calib, str(tmp_path / "o"), quantization="fp8",
+                                                   group_size=None, kv_cache_quantization="fp8")]})
+    assert build.kv_cache_quantization == "fp8"
+    (default,) = parse_manifest({"experts": [_expert(llama8b, calib, str(tmp_path / "p"))]})
+    assert default.kv_cache_quantization == "none"
+    with pytest.raises(ManifestError, match="kv_cache_quantization: must be one of none, fp8, got 'int8'"):
+        parse_manifest({"experts": [_expert(llama8b, calib, str(tmp_path / "q"), kv_cache_quantization="int8")]})
+    with pytest.raises(ManifestError, match="kv_cache_quantization: fp8 needs a quantized build"):
+        parse_manifest({"experts": [_expert(llama8b, calib, str(tmp_path / "r"), quantization="none",
+                                            group_size=None, kv_cache_quantization="fp8")]})
+
+
+def test_kv_cache_config_is_appended_in_both_modelopt_config_shapes():
+    kv = {"quant_cfg": [{"quantizer_name": "*[kv]_bmm_quantizer", "cfg": {"num_bits": (4, 3), "axis": None}}]}
+    new = {"quant_cfg": [{"quantizer_name": "*", "enable": False}], "algorithm": "max"}
+    merged = with_kv_cache_quantization(new, kv)
+    assert merged["quant_cfg"][-1]["quantizer_name"] == "*[kv]_bmm_quantizer" and len(new["quant_cfg"]) == 1
+    old = {"quant_cfg": {"default": {"enable": False}}, "algorithm": "max"}
+    kv_old = {"quant_cfg": {"*[kv]_bmm_quantizer": {"num_bits": (4, 3), "axis": None}}}
+    assert "*[kv]_bmm_quantizer" in with_kv_cache_quantization(old, kv_old)["quant_cfg"]
+
+
+def test_summary_shows_the_perplexity_before_and_after(llama8b, calib, tmp_path):
+    (build,) = parse_manifest({"experts": [_expert(llama8b, calib, str(tmp_path / "o"))]})
+    write_perplexity(build, 12.4213, 14.9811)
+    table = summary_table([Outcome(build, {1: "built"}, 3.0)], [1])
+    assert "12.42 -> 14.98" in table and "perplexity" in table.splitlines()[0]

@@ -108,6 +108,7 @@ def test_trtllm_without_tensorrt_llm_exits_non_zero_naming_what_is_missing(tmp_p
 
     (tmp_path / "config.json").write_text("{}")
     (tmp_path / "model.safetensors").write_bytes(b"")
+    (tmp_path / "tokenizer_config.json").write_text("{}")
     result = subprocess.run(
         [sys.executable, "-m", "expert_svc", "--engine", "trtllm", "--model", str(tmp_path),
          "--name", "code", "--listen", "127.0.0.1:0"],
@@ -116,3 +117,19 @@ def test_trtllm_without_tensorrt_llm_exits_non_zero_naming_what_is_missing(tmp_p
     assert result.returncode == 1
     assert "missing: TensorRT-LLM" in result.stderr
     assert "NGC" in result.stderr  # says how to get it
+
+
+def test_max_concurrency_defaults_per_engine(tmp_path):
+    assert ExpertConfig(name="x", engine="llamacpp").max_concurrency == 4
+    assert ExpertConfig(name="x", engine="synthetic").max_concurrency == 4096
+    # trtllm: left to the engine, which reads its max batch size from the model.
+    assert ExpertConfig(name="x", engine="trtllm", model=str(tmp_path)).max_concurrency is None
+    assert ExpertConfig(name="x", engine="trtllm", model=str(tmp_path), max_concurrency=16).max_concurrency == 16
+
+
+def test_help_shows_the_per_engine_concurrency_default(capsys):
+    with pytest.raises(SystemExit):
+        config_from_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "default: llamacpp 4, its slots; trtllm the engine's max batch size; synthetic 4096" in text
+    assert "--stream-interval N" in text

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -135,7 +137,7 @@ async def test_hf_checkpoint_loads_with_the_pytorch_backend(fake_trtllm, hf_dir,
 
 
 async def test_batch_size_above_the_engine_build_limit_is_refused(fake_trtllm, engine_dir):
-    with pytest.raises(TrtllmStartupError, match="build limit 64"):
+    with pytest.raises(TrtllmStartupError, match="built with max_batch_size 64, below --max-batch-size 65"):
         await _engine(engine_dir, max_batch_size=65).start()
     assert fake_trtllm.instances == []
 
@@ -429,3 +431,159 @@ def test_sampling_kwargs_are_accepted_by_the_sampling_params_signature(fake_trtl
     with pytest.raises(TypeError):
         tensorrt_llm.SamplingParams(8)  # keyword-only, like the real one
     assert tensorrt_llm.SamplingParams().max_tokens == 32
+
+
+# --- behaviour read from upstream source -------------------------------------------------------------
+
+async def test_text_held_back_before_an_upstream_stop_string_match_is_sent(fake_trtllm, engine_dir):
+    # TensorRT-LLM cuts `text` before the stop string it found in the detokenized text; the "\n" the
+    # engine held back (it might have begun "\nUser:") is answer text and must reach the client.
+    fake_trtllm.behaviour.tokens = [(1, "Answer"), (2, "\n"), (3, "\nUser: and"), (4, " more")]
+    engine = _engine(engine_dir)
+    await engine.start()
+    deltas = await _collect(engine, _request(stop=("\nUser:",)))
+    assert "".join(d.text for d in deltas) == "Answer\n"
+    assert all("User" not in d.text for d in deltas)
+    assert deltas[-1].finish_reason is FinishReason.STOP
+    # Upstream keeps the stop string's tokens in token_ids for a text match: they were generated.
+    assert deltas[-1].completion_tokens == 3
+    assert fake_trtllm.instances[0].results[0].aborted()  # upstream aborts the request itself
+
+
+async def test_upstream_text_match_inside_one_piece_keeps_the_text_before_it(fake_trtllm, engine_dir):
+    fake_trtllm.behaviour.tokens = [(1, "Hi"), (2, " there. END of"), (3, " story")]
+    engine = _engine(engine_dir)
+    await engine.start()
+    deltas = await _collect(engine, _request(stop=("END",)))
+    assert "".join(d.text for d in deltas) == "Hi there. "
+    assert deltas[-1].finish_reason is FinishReason.STOP
+
+
+def test_sampling_without_a_seed_gets_a_fresh_seed_per_request():
+    seeds = {_kwargs(temperature=0.8)["seed"] for _ in range(20)}
+    assert len(seeds) == 20 and all(isinstance(s, int) and 0 <= s < 2**64 for s in seeds)
+    assert _kwargs(temperature=0.8, seed=5)["seed"] == 5
+    kw = sampling_kwargs(SamplingParams(max_tokens=8, temperature=0.8), max_tokens=8,
+                         stop_token_ids=(), seed_source=lambda: 1234)
+    assert kw["seed"] == 1234
+
+
+async def test_unseeded_requests_reach_tensorrt_llm_with_different_seeds(fake_trtllm, engine_dir):
+    engine = _engine(engine_dir)
+    await engine.start()
+    for request_id in ("a", "b"):
+        await _collect(engine, _request(temperature=0.7, request_id=request_id))
+    seeds = [call["sampling_params"].seed for call in fake_trtllm.instances[0].requests]
+    assert None not in seeds and seeds[0] != seeds[1]
+
+
+def _write_trtllm_checkpoint(d: Path) -> Path:
+    """What ModelOpt's export_tensorrt_llm_checkpoint writes: a flat config.json, rank0.safetensors."""
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({
+        "architecture": "LlamaForCausalLM", "dtype": "bfloat16", "vocab_size": 49152,
+        "mapping": {"world_size": 1, "tp_size": 1, "pp_size": 1},
+        "quantization": {"quant_algo": "FP8", "kv_cache_quant_algo": None},
+    }))
+    (d / "rank0.safetensors").write_bytes(b"\0")
+    (d / "tokenizer_config.json").write_text("{}")
+    return d
+
+
+def test_flat_tensorrt_llm_checkpoint_is_told_to_go_through_trtllm_build(tmp_path):
+    directory = _write_trtllm_checkpoint(tmp_path / "trtllm-checkpoint")
+    with pytest.raises(TrtllmStartupError) as caught:
+        inspect_model_dir(directory)
+    message = str(caught.value)
+    assert str(directory) in message and "TensorRT-LLM checkpoint" in message
+    assert "trtllm-build first" in message and "\n" not in message
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt_llm") is not None,
+                    reason="a real tensorrt_llm is installed here")
+async def test_wrong_directory_is_named_before_tensorrt_llm_is_looked_for(tmp_path):
+    drop_tensorrt_llm_modules()
+    engine = _engine(tmp_path, gpu_probe=lambda: "no NVIDIA driver (libcuda.so.1 does not load)")
+    with pytest.raises(TrtllmStartupError) as caught:
+        await engine.start()
+    message = str(caught.value)
+    assert str(tmp_path) in message and "no config.json" in message
+    assert "not installed" not in message
+
+
+async def test_the_model_loads_in_a_worker_thread_while_the_loop_runs(fake_trtllm, hf_dir):
+    fake_trtllm.behaviour.construct_delay_s = 0.4
+    engine = _engine(hf_dir)
+    loading = asyncio.create_task(engine.start())
+    ticks = 0
+    while not loading.done():
+        await asyncio.sleep(0.01)
+        ticks += 1
+    await loading
+    assert ticks >= 10  # the event loop kept running during the 0.4 s load
+    assert fake_trtllm.instances[0].constructed_in_thread is not threading.main_thread()
+    assert engine.ready
+
+
+async def test_hf_checkpoint_defaults_to_a_sane_context_not_max_position_embeddings(fake_trtllm, tmp_path):
+    hf_dir = write_hf_dir(tmp_path / "llama31")
+    config = json.loads((hf_dir / "config.json").read_text())
+    (hf_dir / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 131072}))
+    engine = _engine(hf_dir)
+    await engine.start()
+    llm = fake_trtllm.instances[0]
+    assert llm.kwargs["max_seq_len"] == trtllm.DEFAULT_HF_CONTEXT_LENGTH == engine.info().context_length
+    assert llm.kwargs["max_num_tokens"] == trtllm.DEFAULT_MAX_NUM_TOKENS
+
+
+async def test_prompt_over_max_num_tokens_is_invalid_before_it_reaches_the_runtime(fake_trtllm, hf_dir):
+    engine = _engine(hf_dir, max_num_tokens=64)
+    await engine.start()
+    with pytest.raises(InvalidRequestError, match="at most 64"):
+        await _collect(engine, _request("word " * 100))
+    assert fake_trtllm.instances[0].requests == []
+
+
+async def test_request_refused_by_the_executor_is_invalid_argument(fake_trtllm, hf_dir):
+    fake_trtllm.behaviour.refuse_with = "The prompt length exceeds the runtime's limit"
+    engine = _engine(hf_dir)
+    await engine.start()
+    with pytest.raises(InvalidRequestError, match="refused the request: The prompt length exceeds"):
+        await _collect(engine, _request())
+
+
+async def test_max_num_tokens_above_the_engine_build_value_is_refused(fake_trtllm, engine_dir):
+    with pytest.raises(TrtllmStartupError, match="built with max_num_tokens 8192, below --max-num-tokens 9000"):
+        await _engine(engine_dir, max_num_tokens=9000).start()
+    assert fake_trtllm.instances == []
+
+
+async def test_max_concurrency_defaults_to_the_batch_the_engine_was_built_for(fake_trtllm, engine_dir, hf_dir):
+    engine = _engine(engine_dir)
+    await engine.start()
+    assert engine.info().max_concurrency == 64  # build_config.max_batch_size
+    hf_engine = _engine(hf_dir, max_batch_size=256)
+    await hf_engine.start()
+    assert hf_engine.info().max_concurrency == 256
+    assert fake_trtllm.instances[1].kwargs["max_batch_size"] == 256
+    assert _engine(hf_dir, max_concurrency=8).info().max_concurrency == 8
+
+
+async def test_stream_interval_uses_tensorrt_llms_own_on_the_pytorch_backend(fake_trtllm, hf_dir):
+    fake_trtllm.behaviour.tokens = [(i + 1, f" w{i}") for i in range(10)] + [(128009, "")]
+    engine = _engine(hf_dir, stream_interval=4)
+    await engine.start()
+    assert engine.coalesces_frames
+    deltas = await _collect(engine, _request(max_tokens=50))
+    assert fake_trtllm.instances[0].kwargs["stream_interval"] == 4
+    # A response at decoding step 1, then at every 4th step (4, 8), then at the end (step 11, whose
+    # stop token is dropped).
+    assert [len(d.token_ids) for d in deltas] == [1, 3, 4, 2]
+    assert "".join(d.text for d in deltas) == "".join(f" w{i}" for i in range(10))
+
+
+async def test_engine_path_leaves_stream_interval_to_the_servicer(fake_trtllm, engine_dir):
+    engine = _engine(engine_dir, stream_interval=4)
+    await engine.start()
+    assert not engine.coalesces_frames
+    assert "stream_interval" not in fake_trtllm.instances[0].kwargs  # _TrtLLM would refuse it

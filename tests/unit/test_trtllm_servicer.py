@@ -21,7 +21,7 @@ FAKES = Path(__file__).resolve().parents[1] / "fakes"
 sys.path.insert(0, str(FAKES))
 try:
     from llama3_tokenizer import FakeLlama3Tokenizer
-    from trtllm_env import use_fake_tensorrt_llm, write_engine_dir
+    from trtllm_env import use_fake_tensorrt_llm, write_engine_dir, write_hf_dir
 finally:
     sys.path.remove(str(FAKES))
 
@@ -34,6 +34,11 @@ def fake_trtllm(monkeypatch):
 @pytest.fixture
 def engine_dir(tmp_path: Path) -> Path:
     return write_engine_dir(tmp_path / "llama3-8b-fp8-engine")
+
+
+@pytest.fixture
+def hf_dir(tmp_path: Path) -> Path:
+    return write_hf_dir(tmp_path / "llama3-8b-int4-awq")
 
 
 def _engine(model_dir: Path, **kwargs) -> TrtllmEngine:
@@ -143,3 +148,53 @@ async def test_get_info_reports_quantization_and_tensor_parallelism(fake_trtllm,
         info = await stub.GetInfo(pb.GetInfoRequest())
     assert (info.name, info.engine, info.quantization) == ("code", "trtllm", "FP8")
     assert (info.tensor_parallel_size, info.context_length, info.max_concurrency) == (2, 64, 32)
+
+
+async def test_health_answers_not_serving_while_the_model_loads_then_serving(fake_trtllm, hf_dir, monkeypatch):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from expert_svc import server
+    from expert_svc.config import ExpertConfig
+
+    fake_trtllm.behaviour.construct_delay_s = 1.0  # LLM(...) blocks its thread, as a real load does
+    cfg = ExpertConfig(name="code", engine="trtllm", model=str(hf_dir), listen="127.0.0.1:0")
+    monkeypatch.setattr(server, "create_engine", lambda _cfg: _engine(hf_dir))
+    running = await server.bind(cfg)
+    loading = asyncio.create_task(server.load(running))
+    try:
+        async with grpc.aio.insecure_channel(running.address) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            during = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=0.5)
+            assert not loading.done()
+            assert during.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                [f async for f in pb_grpc.ExpertStub(channel).Generate(_request(), timeout=0.5)]
+            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+            await asyncio.wait_for(loading, 10)
+            after = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+            assert after.status == health_pb2.HealthCheckResponse.SERVING
+            # No --max-concurrency: the limit is the batch TensorRT-LLM was configured for.
+            assert running.servicer.max_concurrency == 2048
+    finally:
+        await running.stop(0)
+
+
+async def test_engine_path_frames_are_coalesced_by_the_servicer(fake_trtllm, engine_dir):
+    fake_trtllm.behaviour.tokens = [(i + 1, f" w{i}") for i in range(10)] + [(128009, "")]
+    engine = _engine(engine_dir, stream_interval=4)
+    await engine.start()
+    server = grpc.aio.server()
+    limits = RequestLimits(context_length=engine.info().context_length, default_max_tokens=16)
+    servicer = ExpertServicer("code", engine, limits, 4, stream_interval=4)
+    pb_grpc.add_ExpertServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            frames = [f async for f in pb_grpc.ExpertStub(channel).Generate(_request(max_tokens=20))]
+    finally:
+        await server.stop(0)
+        await engine.close()
+    assert [len(f.token_ids) for f in frames] == [1, 4, 4, 1]
+    assert "".join(f.text for f in frames) == "".join(f" w{i}" for i in range(10))
+    assert frames[-1].finish_reason == pb.FINISH_REASON_STOP and frames[-1].usage.completion_tokens == 10

@@ -33,6 +33,13 @@ Every name and signature below was checked against TensorRT-LLM's own source (NV
   properties `text_diff` and `token_ids_diff`; `GenerationResult.abort()`, `aborted()`,
   `finished`, `prompt_token_ids`, `outputs`, `__aiter__`/`__anext__` returning the same object
   updated in place (the diffs are relative to the previous step).
+  Stop strings are also matched in the detokenized text (`DetokenizedGenerationResultBase.
+  _handle_response`): text cut before the match, stop_reason the string, `abort()` called,
+  token_ids not trimmed.
+- tensorrt_llm/executor/utils.py — `RequestError(RuntimeError)`, raised while iterating a result
+  the executor refused.
+- tensorrt_llm/llmapi/llm_args.py (`TorchLlmArgs`) — `stream_interval` (PyTorch backend only): a
+  response at the first step, every `stream_interval` steps, and at the end.
 - tensorrt_llm/commands/build.py — `trtllm-build --checkpoint_dir --output_dir --max_batch_size
   --max_input_len --max_seq_len --max_num_tokens` (used by expert_svc/build_engines, not faked).
 - tensorrt_llm/quantization/mode.py — `QuantAlgo` values `FP8`, `W4A16_AWQ`, `W4A8_AWQ`, `NO_QUANT`

@@ -16,6 +16,8 @@ class FakeBehaviour:
     step_delay_s: float = 0.0
     fail_at_step: int | None = None  # raise RuntimeError at this step (an engine failure)
     fail_on_construct: str | None = None  # raise RuntimeError(message) from LLM(...)
+    construct_delay_s: float = 0.0  # LLM(...) blocks its thread this long, like a real load
+    refuse_with: str | None = None  # the executor refuses every request (RequestError)
 
 
 behaviour = FakeBehaviour()

@@ -1,5 +1,6 @@
 """FAKE tensorrt_llm.executor."""
 
 from .result import CompletionOutput, GenerationResult
+from .utils import RequestError
 
-__all__ = ["CompletionOutput", "GenerationResult"]
+__all__ = ["CompletionOutput", "GenerationResult", "RequestError"]

@@ -23,3 +23,5 @@ COMMON_FIELDS = {
     "max_beam_width", "enable_chunked_prefill", "scheduler_config",
 }
 TRT_ONLY_FIELDS = {"build_config", "workspace", "enable_build_cache", "calib_config", "fast_build"}
+# TorchLlmArgs: the PyTorch backend's own arguments.
+TORCH_ONLY_FIELDS = {"stream_interval", "cuda_graph_config", "attn_backend"}
