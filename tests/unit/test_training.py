@@ -173,8 +173,9 @@ def _synthetic(n_per_label: int, seed: int) -> list[Example]:
     return examples
 
 
+# n-grams only: the semantic part needs the train extra (torch, model2vec) to distil MiniLM.
 SMALL = TrainSettings(featurizer=FeaturizerConfig(num_buckets=1 << 12), C_grid=(1.0, 10.0),
-                      class_weight_grid=(None,), max_iter=300)
+                      class_weight_grid=(None,), max_iter=300, word_featurizer=None, extra_sources=())
 
 
 @pytest.mark.parametrize("table_dtype", ["float32", "float16"])
@@ -224,3 +225,26 @@ def test_compute_metrics_by_hand() -> None:
     assert metrics.precision == pytest.approx((0.5, 2 / 3, 0.0))
     assert metrics.recall == pytest.approx((0.5, 1.0, 0.0))
     assert metrics.macro_f1 == pytest.approx((0.5 + 0.8 + 0.0) / 3)
+
+
+def test_expected_calibration_error_by_hand() -> None:
+    from router_svc.training.evaluate import abstain_curve, expected_calibration_error
+
+    probabilities = np.array([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.4, 0.6]])
+    # bin of 0.9: confidence 0.9, accuracy 0.5 (one right); bin of 0.6: confidence 0.6, accuracy 1.0
+    assert expected_calibration_error(probabilities, [0, 1, 0, 1]) == pytest.approx(
+        0.5 * 0.4 + 0.5 * 0.4)
+    assert expected_calibration_error(np.array([[1.0, 0.0]]), [0]) == pytest.approx(0.0)
+    rows = abstain_curve(probabilities, [0, 1, 0, 1], thresholds=(0.0, 0.7))
+    assert rows == [(0.0, 0.0, 0.75), (0.7, 0.5, 0.5)]
+
+
+def test_temperature_fit_recovers_a_known_temperature() -> None:
+    from router_svc.training.train import fit_temperature
+
+    rng = np.random.default_rng(0)
+    true_logits = rng.normal(size=(4000, 4)) * 2.0
+    p = np.exp(true_logits) / np.exp(true_logits).sum(axis=1, keepdims=True)
+    y = np.array([rng.choice(4, p=row) for row in p])
+    # Logits three times too confident: the fitted temperature must undo it.
+    assert fit_temperature(true_logits * 3.0, y) == pytest.approx(3.0, rel=0.1)
