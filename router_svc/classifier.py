@@ -57,7 +57,8 @@ def validate_metadata(metadata: Any, onnx_bytes: bytes | None = None) -> None:
         if key not in metadata:
             continue
         if not isinstance(metadata[key], Mapping):
-            raise ValueError(f"classifier metadata {key!r} must be an object of featurizer parameters")
+            raise ValueError(  # noqa: TRY004
+                f"classifier metadata {key!r} must be an object of featurizer parameters")
         try:
             FeaturizerConfig.from_dict(metadata[key]).build()
         except (TypeError, ValueError) as exc:
@@ -192,6 +193,12 @@ class Classifier:
     @property
     def featurizer_config(self) -> FeaturizerConfig:
         return self._featurizer_config
+
+    @property
+    def word_featurizer_config(self) -> FeaturizerConfig | None:
+        """The words-only featurizer of the semantic part, or None for an n-gram-only model."""
+        return (FeaturizerConfig.from_dict(self._metadata["word_featurizer"])
+                if "word_featurizer" in self._metadata else None)
 
     @property
     def metadata(self) -> dict[str, Any]:

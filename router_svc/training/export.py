@@ -12,7 +12,8 @@ Inputs are the featurizer's flat output, so one call scores a whole batch::
     probabilities = Softmax(logits, axis=-1)                                 [B, K]
 
 With semantic features there is a second bag over the word featurizer's output (``word_ids``,
-``word_weights``, ``word_segments``) and a second table whose rows are the distilled word vectors
+``word_weights``, ``word_segments``; the weights are squared in the graph, so the bag is the mean
+over the prompt's words) and a second table whose rows are the distilled word vectors
 already multiplied by the head (see ``router_svc.training.semantic``); the two bags add up
 before the bias. The temperature fitted on validation data is folded into both tables and the
 bias, so the softmax output is the calibrated score.
@@ -88,7 +89,9 @@ def build_model(table: np.ndarray, bias: np.ndarray, *, labels: tuple[str, ...],
         helper.make_tensor_value_info("prompt_count", TensorProto.INT64, [1]),
     ]
     if word_table is not None:
-        nodes += [*_bag("word", "word_table", "word_ids", "word_weights", "word_segments",
+        # The featurizer weighs each of n words 1/sqrt(n); squared, the bag is the mean word vector.
+        nodes += [helper.make_node("Mul", ["word_weights", "word_weights"], ["word_mean_weights"]),
+                  *_bag("word", "word_table", "word_ids", "word_mean_weights", "word_segments",
                         word_table.dtype, TensorProto),
                   helper.make_node("Add", ["ngram_bag", "word_bag"], ["bags"])]
         bag = "bags"
@@ -129,7 +132,7 @@ def linear_probabilities(table: np.ndarray, bias: np.ndarray, ids: np.ndarray, w
     if word_part is not None:
         word_table, word_ids, word_weights, word_segments = word_part
         np.add.at(logits, word_segments,
-                  word_table[word_ids].astype(np.float64) * word_weights.astype(np.float64)[:, None])
+                  word_table[word_ids].astype(np.float64) * (word_weights.astype(np.float64) ** 2)[:, None])
     logits += bias.astype(np.float64)
     logits -= logits.max(axis=1, keepdims=True)
     exp = np.exp(logits)

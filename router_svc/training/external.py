@@ -22,6 +22,7 @@ training data. Hyperparameters are never chosen on this set.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import re
 from collections import Counter
@@ -94,7 +95,7 @@ def parse_faq_questions(rst: str) -> list[str]:
     """Section headings that are questions: a line ending in '?' underlined by -, =, ~, ^, " or *."""
     lines = rst.splitlines()
     questions = []
-    for heading, underline in zip(lines, lines[1:]):
+    for heading, underline in itertools.pairwise(lines):
         heading, underline = heading.strip(), underline.strip()
         if (heading.endswith("?") and _UNDERLINE.fullmatch(underline)
                 and len(underline) >= len(heading) - 1):

@@ -84,10 +84,11 @@ def bucket_vectors(word_featurizer: FeaturizerConfig, words: Sequence[str],
 
 def dense_features(word_featurizer: FeaturizerConfig, texts: Sequence[str], buckets: np.ndarray,
                    vectors: np.ndarray) -> np.ndarray:
-    """[len(texts), dims]: the weighted sum of the prompt's word vectors, exactly as served.
+    """[len(texts), dims]: the mean of the prompt's word vectors, exactly as served.
 
-    The weights are the word featurizer's (1/sqrt(words)), so the ONNX graph's word bag times the
-    folded table equals this matrix times the head's weights.
+    The word featurizer weighs each of n words 1/sqrt(n); the ONNX graph squares the weights, as
+    here, so the graph's word bag over the folded table equals this matrix times the head.
+    Unknown words count in n with a zero vector.
     """
     ids, weights, segments = word_featurizer.build().transform_batch(list(texts))
     row_of_bucket = np.full(word_featurizer.num_buckets, -1, dtype=np.int64)
@@ -95,5 +96,6 @@ def dense_features(word_featurizer: FeaturizerConfig, texts: Sequence[str], buck
     rows = row_of_bucket[ids]
     known = rows >= 0
     dense = np.zeros((len(texts), vectors.shape[1]), dtype=np.float64)
-    np.add.at(dense, segments[known], vectors[rows[known]].astype(np.float64) * weights[known, None])
+    np.add.at(dense, segments[known], vectors[rows[known]].astype(np.float64)
+              * (weights[known].astype(np.float64) ** 2)[:, None])
     return dense
