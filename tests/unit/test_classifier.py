@@ -255,3 +255,21 @@ def test_truncated_metadata_is_refused_naming_the_file(artifact_copy: Path) -> N
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(ValueError, match="metadata.json is not valid JSON"):
         Classifier.load(artifact_copy)
+
+
+# The five everyday prompts that the n-gram-only model sent to `general`. Two now route right; the
+# other three still do not, and are kept as strict expected failures so a fix shows up here.
+_NOT_YET = pytest.mark.xfail(strict=True, reason="still misrouted by the packaged model (docs/classifier.md)")
+
+
+@pytest.mark.parametrize(("prompt", "expert"), [
+    pytest.param("What are the side effects of ibuprofen?", "medicine", marks=_NOT_YET),
+    ("Can my landlord keep my deposit for normal wear and tear?", "law"),
+    pytest.param("What is the difference between a list and a tuple?", "code", marks=_NOT_YET),
+    pytest.param("A train leaves at 3pm going 60 mph; another leaves at 4pm going 80 mph. "
+                 "When does the second catch up?", "math", marks=_NOT_YET),
+    ("What is the derivative of x^3?", "math"),
+])
+def test_everyday_prompts(classifier: Classifier, prompt: str, expert: str) -> None:
+    scores = classifier.predict(prompt)
+    assert classifier.labels[int(np.argmax(scores))] == expert, dict(zip(classifier.labels, scores))
