@@ -266,15 +266,20 @@ class TokenAuth(grpc.aio.ServerInterceptor):
                                  "rate_limited", ((RETRY_AFTER_KEY, str(retry_ms)),))
         return None
 
+    def admit(self, method: str, metadata: Sequence[tuple[str, Any]] | None) -> Rejection | None:
+        """``check``, counting a rejection (the native relay's Generate calls come through here)."""
+        rejection = self.check(method, metadata)
+        if rejection is not None and self._on_reject is not None:
+            self._on_reject(rejection.reason)
+        return rejection
+
     async def intercept_service(
         self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
-        rejection = self.check(handler_call_details.method, handler_call_details.invocation_metadata)
+        rejection = self.admit(handler_call_details.method, handler_call_details.invocation_metadata)
         if rejection is None:
             return await continuation(handler_call_details)
-        if self._on_reject is not None:
-            self._on_reject(rejection.reason)
         return rejecting_handler(await continuation(handler_call_details), rejection)
 
 
