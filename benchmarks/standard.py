@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Self
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
@@ -234,7 +235,7 @@ class PeakRss:
             self.peak = max(self.peak, tree_rss_bytes(self.pid))
             self._stop.wait(0.25)
 
-    def __enter__(self) -> PeakRss:
+    def __enter__(self) -> Self:
         if self.pid is not None:
             self._thread.start()
         return self

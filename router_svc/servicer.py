@@ -10,6 +10,7 @@ disturbs a stream in flight.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import uuid
@@ -403,7 +404,7 @@ class RouterServicer:
                 permit = await self._admission.acquire(route.expert)
                 done, route, replica, attempts = await self._relay_native(
                     state, route, permit, call, forwarded, request_id)
-            except Exception as exc:  # noqa: BLE001 - the error table: RouterError -> its status, else INTERNAL
+            except Exception as exc:  # the error table: RouterError -> its status, else INTERNAL
                 code, details = status_for(exc)
                 if code is grpc.StatusCode.RESOURCE_EXHAUSTED and hasattr(exc, "reason"):
                     self._metrics.rejections.labels(exc.reason).inc()
@@ -444,27 +445,28 @@ class RouterServicer:
         first_error: ExpertUnavailable | None = None
         native = self.native
         settings = state.upstream.settings
+
+        async def attempt(replica: Replica, _remaining: float | None, *, initial: Sequence[tuple[str, str]],
+                          in_flight) -> UpstreamFailure | StreamDone:
+            channel = native.channel(replica.address, max_message_bytes=settings.max_message_bytes,
+                                     reconnect_max_s=settings.health_interval_s,
+                                     tls=settings.tls_pem, server_name=replica.server_name)
+            in_flight.inc()
+            outcome = await call.proceed(channel, forwarded, initial, self.log_prompts)
+            if isinstance(outcome, UpstreamFailure):
+                in_flight.dec()
+            return outcome
+
         for candidate in state.chooser.candidates(route):
             if first_error is not None:
                 if not permit.move(candidate.expert):
                     continue
                 self._metrics.failovers.labels(route.expert, candidate.expert).inc()
-            initial = (*candidate.metadata(), (REQUEST_ID_KEY, request_id))
-            in_flight = self._metrics.expert(candidate.expert).in_flight
-
-            async def attempt(replica: Replica, _remaining: float | None) -> UpstreamFailure | StreamDone:
-                channel = native.channel(replica.address, max_message_bytes=settings.max_message_bytes,
-                                         reconnect_max_s=settings.health_interval_s,
-                                         tls=settings.tls_pem, server_name=replica.server_name)
-                in_flight.inc()
-                outcome = await call.proceed(channel, forwarded, initial, self.log_prompts)
-                if isinstance(outcome, UpstreamFailure):
-                    in_flight.dec()
-                return outcome
-
+            on_candidate = functools.partial(attempt, initial=(*candidate.metadata(), (REQUEST_ID_KEY, request_id)),
+                                             in_flight=self._metrics.expert(candidate.expert).in_flight)
             try:
                 done, replica, attempts = await state.upstream.try_replicas(
-                    candidate.expert, call.time_remaining(), attempt)
+                    candidate.expert, call.time_remaining(), on_candidate)
             except ExpertUnavailable as exc:
                 first_error = first_error or exc
                 continue
