@@ -42,8 +42,9 @@ def server_options(cfg: RouterConfig, *, reuse_port: bool = False) -> list[tuple
         # Off unless several workers share the port on purpose: a second `make run` then fails loudly
         # instead of silently splitting traffic with a stale process.
         ("grpc.so_reuseport", 1 if reuse_port else 0),
-        # Let clients keep long-lived channels alive with pings every 10 s or more.
-        ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+        # Let clients keep long-lived channels alive with pings every 10 s or more (gRPC's name for
+        # this argument: GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS).
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ("grpc.keepalive_permit_without_calls", 1),
     ]
 

@@ -50,13 +50,23 @@ FAILURE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL
                            grpc.StatusCode.DATA_LOSS})
 
 
-def channel_options(max_message_bytes: int, reconnect_max_s: float = 5.0) -> list[tuple[str, int]]:
+# Keepalive on channels that carry Generate: detects a dead expert behind a quiet stream in about a
+# minute. A server answers pings more often than every 5 minutes (gRPC's default
+# min_ping_interval_without_data) on a connection where it sent no data with GOAWAY too_many_pings
+# after 2 strikes, so a connection that may stay data-idle for minutes must ping less often.
+KEEPALIVE_MS = 60_000
+# Channels that only carry the health Watch (the native relay has its own Generate channels):
+# the Watch sends nothing while the status holds, so they ping at the servers' default allowance.
+HEALTH_ONLY_KEEPALIVE_MS = 300_000
+
+
+def channel_options(max_message_bytes: int, reconnect_max_s: float = 5.0,
+                    keepalive_ms: int = KEEPALIVE_MS) -> list[tuple[str, int]]:
     """Options for every upstream channel: explicit message bounds and keepalive on long streams."""
     return [
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
-        # Detect a dead expert behind a quiet stream; 60 s stays above servers' default ping policy.
-        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.keepalive_time_ms", keepalive_ms),
         ("grpc.keepalive_timeout_ms", 20_000),
         ("grpc.keepalive_permit_without_calls", 0),
         ("grpc.http2.max_pings_without_data", 0),
@@ -81,6 +91,8 @@ class UpstreamSettings:
     # native relay's channels.
     credentials: grpc.ChannelCredentials | None = None
     tls_pem: tuple[bytes | None, bytes | None, bytes | None] | None = None
+    # Keepalive of the pool's grpcio channels (HEALTH_ONLY_KEEPALIVE_MS under the native relay).
+    keepalive_ms: int = KEEPALIVE_MS
 
     @classmethod
     def from_config(cls, cfg) -> UpstreamSettings:
@@ -92,10 +104,14 @@ class UpstreamSettings:
             tls_pem = (read_pem(cfg.upstream_tls_ca, "server CA"),
                        read_pem(cfg.upstream_tls_cert, "client certificate") if cfg.upstream_tls_cert else None,
                        read_pem(cfg.upstream_tls_key, "client private key") if cfg.upstream_tls_key else None)
+        from router_svc import native_relay
+
+        health_only = getattr(cfg, "relay", "python") == "native" and native_relay.available()
         return cls(max_message_bytes=cfg.max_message_bytes, health_interval_s=cfg.health_interval_s,
                    dns_refresh_s=cfg.dns_refresh_s, eject_after=cfg.eject_after,
                    eject_base_s=cfg.eject_base_s, eject_max_s=cfg.eject_max_s, max_attempts=cfg.max_attempts,
-                   credentials=credentials, tls_pem=tls_pem)
+                   credentials=credentials, tls_pem=tls_pem,
+                   keepalive_ms=HEALTH_ONLY_KEEPALIVE_MS if health_only else KEEPALIVE_MS)
 
 
 class Replica:
@@ -108,7 +124,7 @@ class Replica:
         self.server_name = server_name
         self._settings = settings
         self._metrics = metrics
-        options = channel_options(settings.max_message_bytes, settings.health_interval_s)
+        options = channel_options(settings.max_message_bytes, settings.health_interval_s, settings.keepalive_ms)
         if settings.credentials is None:
             self.channel = grpc.aio.insecure_channel(address, options=options)
         else:

@@ -50,3 +50,16 @@ def test_native_is_kept_where_built() -> None:
     if not native_relay.available():
         pytest.skip(native_relay.UNAVAILABLE_REASON)
     assert native_relay.choose_relay("native") == "native"
+
+
+def test_health_only_channels_ping_at_the_servers_default_allowance() -> None:
+    """Under the native relay the grpcio channels carry only the health Watch, which sends no data for
+    minutes: pings more often than every 5 minutes would draw GOAWAY too_many_pings from a server
+    with gRPC's default policy (seen against the experts after 3 minutes)."""
+    from router_svc.upstream import HEALTH_ONLY_KEEPALIVE_MS, KEEPALIVE_MS, UpstreamSettings
+
+    python = UpstreamSettings.from_config(config.RouterConfig(experts=config.local_stack_experts(), relay="python"))
+    assert python.keepalive_ms == KEEPALIVE_MS
+    native = UpstreamSettings.from_config(config.RouterConfig(experts=config.local_stack_experts()))
+    expected = HEALTH_ONLY_KEEPALIVE_MS if native_relay.available() else KEEPALIVE_MS
+    assert native.keepalive_ms == expected and HEALTH_ONLY_KEEPALIVE_MS >= 300_000
