@@ -261,15 +261,21 @@ async def start(cfg: RouterConfig, *, classifier: ScoringClassifier | None = Non
         admission = Admission(AdmissionLimits.from_config(cfg))
         servicer = RouterServicer(state, admission, metrics, log_prompts=cfg.log_prompts, auth=auth)
         native = servicer.native = NativeRelay(servicer)
-        port = server.add_insecure_port(native.private_address)
+        try:
+            port = server.add_insecure_port(native.private_address)
+        except RuntimeError:
+            port = 0
         if port == 0:
             await state.close()
             raise BindError(f"cannot listen on the private socket {native.private_address}")
     else:
-        if credentials is None:
-            port = server.add_insecure_port(cfg.listen)
-        else:
-            port = server.add_secure_port(cfg.listen, credentials)
+        try:
+            if credentials is None:
+                port = server.add_insecure_port(cfg.listen)
+            else:
+                port = server.add_secure_port(cfg.listen, credentials)
+        except RuntimeError:  # grpcio 1.85 raises where older releases returned 0
+            port = 0
         if port == 0:
             raise BindError(f"cannot listen on {cfg.listen}: address in use or not available")
         state = await build_state(cfg, first, metrics, resolver=resolver)

@@ -105,7 +105,8 @@ async def start_router(fake_classifier: FakeClassifier, relay: str):
         fields.setdefault("relay", relay)
         specs = tuple(parse_expert_flag(f"{n}={a if isinstance(a, str) else ','.join(a)}")
                       for n, a in experts.items())
-        cfg = RouterConfig(experts=specs, listen="127.0.0.1:0", **fields)
+        fields.setdefault("listen", "127.0.0.1:0")
+        cfg = RouterConfig(experts=specs, **fields)
         running = await server.start(cfg, classifier=classifier or fake_classifier, resolver=resolver)
         started.append(running)
         return running

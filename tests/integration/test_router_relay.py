@@ -49,3 +49,21 @@ async def test_vanished_clients_leave_no_upstream_stream_open(start_router, star
             prompt="hello", sampling=pb.SamplingParams(max_tokens=2)))
         frames = [frame async for frame in call]
     assert frames[-1].usage.completion_tokens == 2
+
+
+async def test_a_taken_port_is_a_bind_error_and_nothing_is_left_running(start_router, start_expert, relay) -> None:
+    import socket
+
+    from router_svc.server import BindError
+
+    expert = await start_expert("general")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        try:
+            await start_router({"general": [expert.address]}, listen=address)
+        except BindError as exc:
+            assert address in str(exc)
+        else:
+            raise AssertionError(f"the router started on {address}, which another socket holds")
