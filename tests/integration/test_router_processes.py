@@ -170,8 +170,16 @@ async def test_workers_share_one_port_and_exit_0_on_sigterm(start_expert, tmp_pa
             async with grpc.aio.insecure_channel(address) as channel:
                 frames = [frame async for frame in pb_grpc.RouterStub(channel).Generate(request)]
                 assert frames[-1].usage.completion_tokens == 2
-        requests = [json.loads(line) for line in log_path.read_text().splitlines()
+        def request_lines() -> list[dict]:
+            return [json.loads(line) for line in log_path.read_text().splitlines()
                     if line.startswith("{") and '"event":"request"' in line]
+
+        # A stream's log line and metrics follow its end (with the native relay, just after the client saw it).
+        for _ in range(100):
+            if len(request_lines()) >= 16:
+                break
+            await asyncio.sleep(0.05)
+        requests = request_lines()
         assert len(requests) == 16
         assert len({r["pid"] for r in requests}) == 2
         assert process.pid not in {r["pid"] for r in requests}
