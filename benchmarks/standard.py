@@ -1,12 +1,13 @@
 """`make bench`: the router's overhead against the same experts called directly and through nginx.
 
-Starts synthetic experts (20 ms to first token, 50 tokens/s per stream), the router in front of
-them and nginx `grpc_pass` in front of them, then loads each at 1, 10, 100, 500 and 1,000
-closed-loop users (interleaved per level, so drift on a busy machine hits all three alike); then the
-real CPU model (llama.cpp, SmolLM2) directly and through the router at 1 and 4 users. Writes
+Starts synthetic experts (20 ms to first token, 50 tokens/s per stream), the router with its native
+relay, the router with its Python relay (`--relay python`) and nginx `grpc_pass` in front of them,
+then loads each at 1, 10, 100, 300 and 1,000 closed-loop users (interleaved per level, so drift on a
+busy machine hits all alike), recording each proxy's CPU per relayed frame and its peak RSS; then
+the real CPU model (llama.cpp, SmolLM2) directly and through the router at 1 and 4 users. Writes
 docs/benchmarks.md and docs/bench/standard.json plus two PNG plots.
 
-    python benchmarks/standard.py            # the full run, about 6-8 minutes
+    python benchmarks/standard.py            # the full run, about 8-10 minutes
     python benchmarks/standard.py --quick    # a smoke run: 1, 10, 100 users, 3 s each
 """
 from __future__ import annotations
@@ -20,9 +21,11 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Self
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
@@ -34,7 +37,9 @@ from router_svc.loadgen import client, prompts, report
 from router_svc.loadgen.runner import LoadGenerator, ProgressLine
 from router_svc.loadgen.stats import LevelSummary, difference, ratio
 
-LEVELS = (1, 10, 100, 500, 1000)
+LEVELS = (1, 10, 100, 300, 1000)
+# The proxies measured against direct, in table order; router_py is the router with --relay python.
+PROXIES = ("router", "router_py", "nginx")
 SYNTHETIC_TTFT_MS = 20.0
 SYNTHETIC_TOKENS_PER_S = 50.0
 # The six default experts, in the classifier's label order.
@@ -48,7 +53,7 @@ SATURATED = 0.9  # machine busy fraction above which a level is "saturated" for 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: 1, 10, 100 users, 3 s per level")
-    parser.add_argument("--levels", help="comma-separated user counts (default 1,10,100,500,1000)")
+    parser.add_argument("--levels", help="comma-separated user counts (default 1,10,100,300,1000)")
     parser.add_argument("--duration", type=float, help="measured seconds per level (default 12)")
     parser.add_argument("--warmup", type=float, help="ramp-up seconds per level (default 1.5)")
     parser.add_argument("--max-tokens", type=int, default=32, help="completion tokens per request (default 32)")
@@ -56,8 +61,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="synthetic expert processes serving the six experts (default 2)")
     parser.add_argument("--processes", type=int, help="load generator processes (default: the cores)")
     parser.add_argument("--classifier", metavar="DIR", help="router classifier artifact (default: packaged)")
-    parser.add_argument("--skip", action="append", default=[], choices=("nginx", "router", "llamacpp"),
+    parser.add_argument("--skip", action="append", default=[],
+                        choices=("nginx", "router", "router_py", "llamacpp"),
                         help="leave a configuration out (repeatable)")
+    parser.add_argument("--router-args", default="",
+                        help="extra flags for both routers, e.g. '--workers 1 --relay-threads 2'")
     parser.add_argument("--out-dir", default=str(ROOT / "docs"),
                         help="where benchmarks.md and bench/ go (default docs/)")
     parser.add_argument("--render", metavar="JSON",
@@ -186,11 +194,59 @@ def expert_argv(name: str, address: str, engine: str, max_tokens: int, max_concu
     return argv
 
 
-def router_argv(address: str, experts: Mapping[str, str], classifier: list[str]) -> list[str]:
-    argv = [sys.executable, "-m", "router_svc", "--listen", address, "--log-level", "WARNING", *classifier]
+def router_argv(address: str, experts: Mapping[str, str], classifier: list[str], relay: str = "native",
+                extra: str = "") -> list[str]:
+    argv = [sys.executable, "-m", "router_svc", "--listen", address, "--log-level", "WARNING", "--relay", relay,
+            *classifier, *shlex.split(extra)]
     for name, upstream in experts.items():
         argv += ["--expert", f"{name}={upstream}"]
     return argv
+
+
+def tree_rss_bytes(pid: int) -> int:
+    """Resident memory of ``pid`` and its descendants (router workers), from /proc."""
+    total, stack, seen = 0, [pid], set()
+    while stack:
+        current = stack.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        try:
+            with open(f"/proc/{current}/status", encoding="ascii", errors="replace") as status:
+                for line in status:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) * 1024
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/children", encoding="ascii") as children:
+                    stack.extend(int(child) for child in children.read().split())
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+class PeakRss:
+    """Samples a process tree's RSS every 0.25 s while a level runs; ``peak`` is the largest seen."""
+
+    def __init__(self, pid: int | None) -> None:
+        self.pid = pid
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, tree_rss_bytes(self.pid))
+            self._stop.wait(0.25)
+
+    def __enter__(self) -> Self:
+        if self.pid is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self.pid is not None:
+            self._stop.set()
+            self._thread.join()
 
 
 def overhead(direct: LevelSummary, other: LevelSummary) -> dict[str, float | None]:
@@ -220,60 +276,61 @@ def _f(value: float | None, digits: int = 2, suffix: str = "") -> str:
 
 
 def targets_check(levels: Sequence[int], series: Mapping[str, Sequence[LevelSummary]],
-                  rows: Mapping[int, Mapping[str, object]]) -> list[tuple[str, str, str]]:
-    """(target, measured, verdict) for each of the issue's targets that this run can judge."""
+                  rows: Mapping[int, Mapping[str, object]], peak_rss: Mapping[str, Mapping[str, int]]
+                  ) -> list[tuple[str, str, str]]:
+    """(target, measured, verdict) for each target of the native relay that this run can judge."""
     out = []
+    if "router" in series and "nginx" in series:
+        cells, missed = [], []
+        for users in levels:
+            r, n = (rows[users].get("router_cpu") or {}), (rows[users].get("nginx_cpu") or {})
+            if r.get("cpu_us_per_frame") is None or not n.get("cpu_us_per_frame"):
+                continue
+            times = r["cpu_us_per_frame"] / n["cpu_us_per_frame"]
+            cells.append(f"{users}: {times:.2f}x")
+            if times > 2.0:
+                missed.append(str(users))
+        out.append(("router CPU per relayed frame <= 2x nginx's", ", ".join(cells),
+                    "met" if cells and not missed else "missed at " + ", ".join(missed) + " users"))
+        cells, missed = [], []
+        for users in (300, 1000):
+            if users not in rows:
+                continue
+            i = levels.index(users)
+            router, nginx = series["router"][i], series["nginx"][i]
+            times = ratio(router.tokens_per_s, nginx.tokens_per_s)
+            errors = sum(router.errors.values())
+            cells.append(f"{users}: {_f(times, 3)}x, {errors} errors")
+            if times is None or times < 0.9 or errors:
+                missed.append(str(users))
+        if cells:
+            out.append(("relayed tokens/s >= 0.9x nginx's at 300 and 1,000 users, 0 errors", "; ".join(cells),
+                        "met" if not missed else "missed at " + ", ".join(missed) + " users"))
     if 100 in rows and rows[100].get("router"):
         r = rows[100]["router"]
         p50, p99 = r["ttft_p50_ms"], r["ttft_p99_ms"]
         ok = p50 is not None and p99 is not None and p50 <= 1.0 and p99 <= 5.0
         out.append(("router-added TTFT at 100 users: p50 <= 1 ms, p99 <= 5 ms",
                     f"p50 {_f(p50)} ms, p99 {_f(p99)} ms",
-                    "met" if ok else f"missed (by {_f(max(p50 - 1.0, 0))} ms at p50, {_f(max(p99 - 5.0, 0))} ms at p99)"))
-    if 1000 in rows and rows[1000].get("router"):
-        summary = series["router"][levels.index(1000)]
-        errors = sum(summary.errors.values())
-        p99 = rows[1000]["router"]["ttft_p99_ms"]
-        out.append(("1,000 users: no errors (aim: added TTFT p99 <= 15 ms)",
-                    f"{errors} errors of {summary.requests}; added p99 {_f(p99)} ms",
-                    ("met" if errors == 0 else "missed") + ("" if p99 is not None and p99 <= 15 else
-                                                            "; p99 aim missed")))
-    if "router" in series:
-        verdicts = []
-        for users in levels:
-            row = rows[users]
-            busy = series["direct"][levels.index(users)].machine_busy
-            tps = row["router"]["tokens_per_s_ratio"] if row.get("router") else None
-            if tps is None:
-                continue
-            saturated = busy is not None and busy >= SATURATED
-            verdicts.append((users, tps, saturated))
-        judged = [(u, t) for u, t, s in verdicts if not s]
-        missed = [(u, t) for u, t in judged if t < 0.9]
-        measured = ", ".join(f"{u}: {t:.3f}{' (saturated)' if s else ''}" for u, t, s in verdicts)
-        out.append(("relayed tokens/s >= 0.9x direct where the machine is not saturated", measured,
-                    "met" if judged and not missed else "not judged (all levels saturated)" if not judged
-                    else "missed at " + ", ".join(f"{u} users ({t:.2f}x)" for u, t in missed)))
-    if "router" in series and "nginx" in series:
-        cells, missed = [], []
-        for users in levels:
-            row = rows[users]
-            if not row.get("router") or not row.get("nginx"):
-                continue
-            r, n = row["router"]["ttft_p50_ms"], row["nginx"]["ttft_p50_ms"]
-            if r is None or n is None:
-                continue
-            cells.append(f"{users}: {r:.2f} vs {n:.2f}")
-            if r > 2 * max(n, 0.0):
-                missed.append(str(users))
-        out.append(("router-added TTFT p50 <= 2x nginx-added", "; ".join(cells) + " ms",
-                    "met" if not missed else "missed at " + ", ".join(missed) + " users"))
+                    "met" if ok else "missed" if p50 is not None and p99 is not None else "not measured"))
+    if 1 in rows and rows[1].get("router") and rows[1].get("nginx"):
+        r, n = rows[1]["router"]["ttft_p50_ms"], rows[1]["nginx"]["ttft_p50_ms"]
+        if r is not None and n is not None:
+            out.append(("router-added TTFT p50 at 1 user within 0.5 ms of nginx's", f"{r:.2f} vs {n:.2f} ms",
+                        "met" if r - n <= 0.5 else f"missed by {r - n - 0.5:.2f} ms"))
+    top = str(max(levels))
+    native, python = peak_rss.get("router", {}).get(top), peak_rss.get("router_py", {}).get(top)
+    if native and python:
+        out.append((f"router RSS at {top} streams no higher than the Python relay's",
+                    f"{native / 2**20:.0f} MiB vs {python / 2**20:.0f} MiB",
+                    "met" if native <= python else "missed"))
     return out
 
 
 def write_markdown(path: Path, *, meta: Mapping[str, object], levels: Sequence[int],
                    series: Mapping[str, Sequence[LevelSummary]], rows: Mapping[int, Mapping[str, object]],
-                   llama: Mapping[str, Sequence[LevelSummary]], notes: Sequence[str]) -> None:
+                   llama: Mapping[str, Sequence[LevelSummary]], notes: Sequence[str],
+                   peak_rss: Mapping[str, Mapping[str, int]]) -> None:
     machine = meta["machine"]
     lines = [
         "# Benchmarks: the router's overhead",
@@ -294,41 +351,54 @@ def write_markdown(path: Path, *, meta: Mapping[str, object], levels: Sequence[i
          f"{meta['max_tokens']} tokens per request (one frame per token)."),
         "- direct: the load generator calls the experts' `Expert/Generate` itself, users spread round-robin.",
         "- nginx: Debian's nginx, `grpc_pass` round-robin over the same experts, no classification.",
-        f"- router: `python -m router_svc` over the same experts; classifier: {meta['classifier']}.",
+        (f"- router: `python -m router_svc` over the same experts, with its native relay (gRPC's C++ library, "
+         f"`--relay native`, the default); classifier: {meta['classifier']}. router (Python relay): the same "
+         "with `--relay python`. Both with the default `--workers` (one process per core)."),
         (f"- Load: closed-loop users with no think time; {meta['warmup_s']:g} s ramp-up excluded, then "
          f"{meta['duration_s']:g} s measured per level; {meta['loadgen_processes']} load generator processes. "
          "Levels run interleaved (direct, nginx, router at each level)."),
         ("- TTFT: request sent to first token frame; ITL: gap between consecutive token frames; "
          "E2E: request sent to end of stream. Added latency = percentile through the proxy minus the same "
          "percentile direct. CPU: the process's threads' run time from /proc (schedstat) over the whole level, "
-         "divided by the requests finished and the frames relayed in it."),
+         "divided by the requests finished and the frames relayed in it. RSS: the proxy's process tree, "
+         "sampled every 0.25 s, the peak of the level."),
         "",
     ]
     lines += [f"> {note}" for note in notes] + ([""] if notes else [])
-    lines += ["## Router and nginx overhead against direct", "",
-              ("| users | router +TTFT p50 / p99 ms | nginx +TTFT p50 / p99 ms | router +ITL p99 ms "
-               "| tokens/s router / nginx vs direct | router CPU ms/request | router CPU µs/frame "
-               "| router cores | nginx CPU ms/request | nginx CPU µs/frame | machine busy direct / router |"),
+    lines += ["## Native relay, Python relay and nginx against direct", "",
+              ("| users | +TTFT p50 / p99 ms: native | Python relay | nginx "
+               "| tokens/s vs direct: native / Python / nginx | CPU µs/frame: native / Python / nginx "
+               "| native ÷ nginx CPU | router cores: native / Python | peak RSS MiB: native / Python "
+               "| +ITL p99 ms native | machine busy direct / native |"),
               "|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def ttft(name: str, row: Mapping[str, object]) -> str:
+        cell = row.get(name) or {}
+        return f"{_f(cell.get('ttft_p50_ms'))} / {_f(cell.get('ttft_p99_ms'))}"
+
     for users in levels:
         row = rows[users]
-        r, n = row.get("router") or {}, row.get("nginx") or {}
-        rc, nc = row.get("router_cpu") or {}, row.get("nginx_cpu") or {}
+        cpu = {name: (row.get(f"{name}_cpu") or {}) for name in PROXIES}
+        tps = " / ".join(_f((row.get(name) or {}).get("tokens_per_s_ratio"), 3) for name in PROXIES)
+        per_frame = " / ".join(_f(cpu[name].get("cpu_us_per_frame"), 1) for name in PROXIES)
+        native_cpu, nginx_cpu = cpu["router"].get("cpu_us_per_frame"), cpu["nginx"].get("cpu_us_per_frame")
+        times = _f(native_cpu / nginx_cpu, 2, "x") if native_cpu and nginx_cpu else "-"
+        cores = " / ".join(_f(cpu[name].get("cores")) for name in ("router", "router_py"))
+        rss = " / ".join(_f(peak_rss.get(name, {}).get(str(users), 0) / 2**20 or None, 0)
+                         for name in ("router", "router_py"))
         busy = [series[name][levels.index(users)].machine_busy if name in series else None
                 for name in ("direct", "router")]
         lines.append(
-            f"| {users} | {_f(r.get('ttft_p50_ms'))} / {_f(r.get('ttft_p99_ms'))} "
-            f"| {_f(n.get('ttft_p50_ms'))} / {_f(n.get('ttft_p99_ms'))} | {_f(r.get('itl_p99_ms'))} "
-            f"| {_f(r.get('tokens_per_s_ratio'), 3)} / {_f(n.get('tokens_per_s_ratio'), 3)} "
-            f"| {_f(rc.get('cpu_ms_per_request'), 3)} | {_f(rc.get('cpu_us_per_frame'), 1)} "
-            f"| {_f(rc.get('cores'))} | {_f(nc.get('cpu_ms_per_request'), 3)} | {_f(nc.get('cpu_us_per_frame'), 1)} "
+            f"| {users} | {ttft('router', row)} | {ttft('router_py', row)} | {ttft('nginx', row)} | {tps} "
+            f"| {per_frame} | {times} | {cores} | {rss} | {_f((row.get('router') or {}).get('itl_p99_ms'))} "
             f"| {' / '.join('-' if b is None else f'{100 * b:.0f}%' for b in busy)} |")
-    checks = targets_check(levels, series, rows)
+    checks = targets_check(levels, series, rows, peak_rss)
     if checks:
         lines += ["", "## Targets", "", "| target | measured | verdict |", "|---|---|---|"]
         lines += [f"| {t} | {m} | {v} |" for t, m, v in checks]
     for name, title in (("direct", "Direct to the synthetic experts"), ("nginx", "Through nginx grpc_pass"),
-                        ("router", "Through the router")):
+                        ("router", "Through the router (native relay)"),
+                        ("router_py", "Through the router (Python relay)")):
         if name in series:
             lines += ["", f"## {title}", "", report.format_table(series[name])]
     if llama:
@@ -356,12 +426,13 @@ def write_outputs(out_dir: Path, meta: dict, levels: Sequence[int], series: Mapp
     for i, users in enumerate(levels):
         direct = series["direct"][i]
         row: dict[str, object] = {}
-        for name in ("router", "nginx"):
+        for name in PROXIES:
             if name in series:
                 row[name] = overhead(direct, series[name][i])
                 row[f"{name}_cpu"] = cpu_costs(series[name][i], name)
         rows[users] = row
-    checks = targets_check(levels, series, rows)
+    peak_rss = meta.get("peak_rss_bytes", {})
+    checks = targets_check(levels, series, rows, peak_rss)
     bench_dir = out_dir / "bench"
     bench_dir.mkdir(parents=True, exist_ok=True)
     report.write_json(str(bench_dir / "standard.json"),
@@ -373,7 +444,7 @@ def write_outputs(out_dir: Path, meta: dict, levels: Sequence[int], series: Mapp
     except ImportError:
         notes.append("Plots were not drawn: matplotlib is not installed (pip install matplotlib).")
     write_markdown(out_dir / "benchmarks.md", meta=meta, levels=levels, series=series, rows=rows,
-                   llama=llama, notes=notes)
+                   llama=llama, notes=notes, peak_rss=peak_rss)
     print(f"wrote {out_dir / 'benchmarks.md'} and {bench_dir}/", file=sys.stderr)
     for target, measured, verdict in checks:
         print(f"{verdict:>8}  {target}: {measured}", file=sys.stderr)
@@ -435,10 +506,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             classifier, classifier_note = classifier_argument(args.classifier, tmp)
             address = f"127.0.0.1:{free_port()}"
             try:
-                proc = start_service(procs, "router", router_argv(address, experts, classifier), address, 60)
+                proc = start_service(procs, "router", router_argv(address, experts, classifier, "native", args.router_args),
+                                     address, 60)
                 configs.append(("router", [address], client.ROUTER_GENERATE, {"router": proc.pid}))
             except RuntimeError as exc:
                 notes.append(f"the router was not measured: {exc}".replace("\n", " "))
+        if "router_py" not in skip:
+            classifier, classifier_note = classifier_argument(args.classifier, tmp) if "router" in skip else (
+                classifier, classifier_note)
+            address = f"127.0.0.1:{free_port()}"
+            try:
+                proc = start_service(procs, "router_py", router_argv(address, experts, classifier, "python", args.router_args),
+                                     address, 60)
+                configs.append(("router_py", [address], client.ROUTER_GENERATE, {"router_py": proc.pid}))
+            except RuntimeError as exc:
+                notes.append(f"the router with its Python relay was not measured: {exc}".replace("\n", " "))
         for note in notes:
             print(f"note: {note}", file=sys.stderr)
         if "stand-in" in classifier_note:
@@ -446,12 +528,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         requests = build_requests(prompts.builtin_prompts(), args.max_tokens)
         generator = stack.enter_context(LoadGenerator(args.processes))
+        peak_rss: dict[str, dict[str, int]] = {}
         for users in args.levels:
             for name, targets, method, watch in configs:
-                summary = generator.run_level(
-                    targets=targets, method=method, requests=requests, users=users,
-                    duration_s=args.duration, warmup_s=args.warmup, timeout_s=120.0,
-                    label=f"{users} users", watch_pids=watch, on_progress=progress)
+                with PeakRss(watch.get(name)) as rss:
+                    summary = generator.run_level(
+                        targets=targets, method=method, requests=requests, users=users,
+                        duration_s=args.duration, warmup_s=args.warmup, timeout_s=120.0,
+                        label=f"{users} users", watch_pids=watch, on_progress=progress)
+                if rss.peak:
+                    peak_rss.setdefault(name, {})[str(users)] = rss.peak
                 progress.done(f"{name:>6} {users:>5} users: TTFT p50 {_f(summary.ttft_ms['p50'], 1)} ms "
                               f"p99 {_f(summary.ttft_ms['p99'], 1)} ms, {summary.tokens_per_s:.0f} tokens/s, "
                               f"errors {sum(summary.errors.values())}, machine busy "
@@ -496,6 +582,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "expert_procs": args.expert_procs, "max_tokens": args.max_tokens, "duration_s": args.duration,
             "warmup_s": args.warmup, "loadgen_processes": generator.processes, "classifier": classifier_note,
             "llama_max_tokens": llama_max_tokens, "llama_duration_s": llama_duration, "notes": notes,
+            "peak_rss_bytes": peak_rss,
             "synthetic": {"ttft_ms": SYNTHETIC_TTFT_MS, "tokens_per_s": SYNTHETIC_TOKENS_PER_S}}
     write_outputs(out_dir, meta, args.levels, series, llama)
     return 0

@@ -43,6 +43,8 @@ DEFAULT_QUEUE_TIMEOUT_S = 1.0
 DEFAULT_RETRY_AFTER_MS = 200
 DNS_SCHEME = "dns:///"
 LOG_FORMATS = ("text", "json")
+# Who relays Generate's frames: gRPC's C++ library (router_svc.native_relay) or grpc.aio.
+RELAYS = ("native", "python")
 
 
 class ConfigError(ValueError):
@@ -109,6 +111,10 @@ class RouterConfig:
     # Bearer tokens (router_svc.auth); None: no authentication.
     auth_tokens: str | None = None
     reflection: bool = True
+    # native: where the extension was built (else python, said once at start); fixed at start.
+    relay: str = "native"
+    # Threads of the native relay, each with its own completion queue (0: the cores, shared by --workers).
+    relay_threads: int = 0
     # Filled in by __post_init__: the expert names in configuration order.
     expert_names: tuple[str, ...] = field(init=False, default=())
 
@@ -169,6 +175,9 @@ class RouterConfig:
         _check_number("reload_poll_s", self.reload_poll_s, 0.05, 3600.0)
         if not isinstance(self.reflection, bool):
             raise ConfigError(f"reflection: expected true or false, got {self.reflection!r}")
+        if self.relay not in RELAYS:
+            raise ConfigError(f"relay: expected one of {', '.join(RELAYS)}, got {self.relay!r}")
+        _check_int("relay_threads", self.relay_threads, 0)
         self._check_tls()
         object.__setattr__(self, "expert_names", tuple(names))
 
@@ -297,13 +306,16 @@ _FILE_KEYS: dict[str, str] = {
     "upstream_tls_key": "upstream_tls_key",
     "auth_tokens": "auth_tokens",
     "reflection": "reflection",
+    "relay": "relay",
+    "relay_threads": "relay_threads",
 }
-_STRING_KEYS = ("listen", "fallback", "metrics_listen", "http_listen", "log_format")
+_STRING_KEYS = ("listen", "fallback", "metrics_listen", "http_listen", "log_format", "relay")
 # Paths: relative ones are taken relative to the config file's folder, like ``classifier``.
 _PATH_KEYS = ("tls_cert", "tls_key", "tls_client_ca", "upstream_tls_ca", "upstream_tls_cert", "upstream_tls_key",
               "auth_tokens")
 _INT_KEYS = ("max_prompt_bytes", "max_message_bytes", "max_batch", "eject_after", "max_attempts",
-             "max_in_flight", "max_in_flight_per_expert", "queue_size", "retry_after_ms", "workers")
+             "max_in_flight", "max_in_flight_per_expert", "queue_size", "retry_after_ms", "workers",
+             "relay_threads")
 
 
 def settings_from_mapping(data: Any, *, base_dir: str = ".") -> dict[str, Any]:
@@ -446,6 +458,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"(default {DEFAULT_MAX_MESSAGE_BYTES})")
     parser.add_argument("--no-reflection", dest="reflection", action="store_false", default=None,
                         help="do not serve gRPC server reflection (on by default so grpcurl works)")
+    parser.add_argument("--relay", choices=RELAYS,
+                        help="who relays Generate's frames: native (gRPC's C++ library; the default where "
+                             "it was built) or python (grpc.aio)")
+    parser.add_argument("--relay-threads", type=int, metavar="N",
+                        help="threads of the native relay (default 0: the cores, divided among --workers)")
     security = parser.add_argument_group("security")
     security.add_argument("--tls-cert", metavar="FILE", help="PEM certificate (chain) to serve TLS with")
     security.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
@@ -472,7 +489,7 @@ _FLAG_FIELDS = (("listen", "listen"), ("classifier", "classifier_dir"), ("fallba
                 ("reflection", "reflection"), ("tls_cert", "tls_cert"), ("tls_key", "tls_key"),
                 ("tls_client_ca", "tls_client_ca"), ("upstream_tls_ca", "upstream_tls_ca"),
                 ("upstream_tls_cert", "upstream_tls_cert"), ("upstream_tls_key", "upstream_tls_key"),
-                ("auth_tokens", "auth_tokens"))
+                ("auth_tokens", "auth_tokens"), ("relay", "relay"), ("relay_threads", "relay_threads"))
 
 
 def from_sources(args: argparse.Namespace) -> RouterConfig:

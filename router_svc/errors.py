@@ -71,6 +71,15 @@ class UpstreamError(RouterError):
         self.trailing_metadata = tuple(trailing_metadata or ())
 
 
+class Rejected(RouterError):
+    """Token authentication refused the call (router_svc.auth): its status, details and trailers."""
+
+    def __init__(self, rejection) -> None:
+        super().__init__(rejection.details)
+        self.code = rejection.code
+        self.trailing_metadata = tuple(rejection.trailing_metadata)
+
+
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The status and details a client sees for ``exc``."""
     if isinstance(exc, RouterError):

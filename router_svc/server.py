@@ -20,8 +20,9 @@ from prometheus_client import CollectorRegistry, Counter
 from router_svc.admission import Admission, AdmissionLimits
 from router_svc.auth import TokenAuth, load_tokens
 from router_svc.batching import MicroBatcher
-from router_svc.config import ConfigError, RouterConfig
+from router_svc.config import ConfigError, RouterConfig, default_workers
 from router_svc.metrics import MetricsServer, RouterMetrics
+from router_svc.native_relay import NativeRelay, choose_relay
 from router_svc.servicer import SERVICE_NAME, ExpertChooser, RouterServicer, RouterState, ScoringClassifier
 from router_svc.upstream import UpstreamPool, UpstreamSettings
 
@@ -41,8 +42,9 @@ def server_options(cfg: RouterConfig, *, reuse_port: bool = False) -> list[tuple
         # Off unless several workers share the port on purpose: a second `make run` then fails loudly
         # instead of silently splitting traffic with a stale process.
         ("grpc.so_reuseport", 1 if reuse_port else 0),
-        # Let clients keep long-lived channels alive with pings every 10 s or more.
-        ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+        # Let clients keep long-lived channels alive with pings every 10 s or more (gRPC's name for
+        # this argument: GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS).
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ("grpc.keepalive_permit_without_calls", 1),
     ]
 
@@ -98,7 +100,25 @@ async def build_state(cfg: RouterConfig, classifier: ScoringClassifier, metrics:
 
 # Settings a reload cannot change: the listening socket, its credentials and interceptors exist once.
 FIXED_AT_START = ("listen", "workers", "metrics_listen", "http_listen", "tls_cert", "tls_key", "tls_client_ca",
-                  "reflection", "auth_tokens")
+                  "reflection", "auth_tokens", "relay", "relay_threads")
+
+
+def native_tls(cfg: RouterConfig) -> tuple[bytes, bytes, bytes | None, bool] | None:
+    """The router port's TLS files as PEM bytes for the native server (None: plaintext)."""
+    if not cfg.tls:
+        return None
+    from expert_svc.tls import read_pem
+
+    try:
+        ca = read_pem(cfg.tls_client_ca, "client CA") if cfg.tls_client_ca else None
+        return read_pem(cfg.tls_cert, "TLS certificate"), read_pem(cfg.tls_key, "TLS private key"), ca, cfg.mutual_tls
+    except ValueError as exc:  # the files changed since the config was validated
+        raise ConfigError(str(exc)) from None
+
+
+def relay_threads(cfg: RouterConfig) -> int:
+    """The native relay's threads: as configured, else this process's share of the cores."""
+    return cfg.relay_threads or max(1, default_workers() // max(cfg.workers, 1))
 
 
 class RunningRouter:
@@ -107,8 +127,11 @@ class RunningRouter:
     def __init__(self, server: grpc.aio.Server, port: int, servicer: RouterServicer, admission: Admission,
                  metrics: RouterMetrics, health_servicer: health.aio.HealthServicer,
                  classifier_factory: ClassifierFactory, metrics_server: MetricsServer | None,
-                 auth: TokenAuth | None = None) -> None:
+                 auth: TokenAuth | None = None, native: NativeRelay | None = None) -> None:
         self.server = server
+        # The native relay in front of ``server`` (which then listens on a private socket), or None.
+        self.native = native
+        self.relay = "native" if native is not None else "python"
         self.auth = auth
         self.port = port
         self.servicer = servicer
@@ -183,6 +206,8 @@ class RunningRouter:
                 await asyncio.sleep(0.05)
         finally:
             await state.close()
+            if self.native is not None:
+                self.native.keep_channels({replica.address for replica in self.upstream.replicas()})
 
     async def stop(self, grace: float | None = None) -> None:
         """NOT_SERVING, refuse new calls, let in-flight streams finish within ``grace``, close upstreams."""
@@ -191,10 +216,13 @@ class RunningRouter:
         self._stopped = True
         grace = self.cfg.grace_s if grace is None else grace
         await self.health.enter_graceful_shutdown()
-        if self.http is not None:
-            await asyncio.gather(self.http.stop(grace), self.server.stop(grace))
+        doors = [self.http.stop(grace)] if self.http is not None else []
+        if self.native is not None:
+            # The public port drains first; the Python server behind it has nothing left to wait for.
+            await asyncio.gather(self.native.stop(grace), *doors)
+            await self.server.stop(0)
         else:
-            await self.server.stop(grace)
+            await asyncio.gather(self.server.stop(grace), *doors)
         for task in list(self._retiring):
             task.cancel()
         await asyncio.gather(*self._retiring, return_exceptions=True)
@@ -223,19 +251,39 @@ async def start(cfg: RouterConfig, *, classifier: ScoringClassifier | None = Non
         classifier_factory = load_classifier
     metrics = RouterMetrics(registry)
     first = await asyncio.to_thread(classifier_factory, cfg.classifier_dir)
+    relay = choose_relay(cfg.relay)
     auth = token_auth(cfg, metrics)
     credentials = listen_credentials(cfg)
-    server = grpc.aio.server(options=server_options(cfg, reuse_port=reuse_port),
+    tls = native_tls(cfg) if relay == "native" else None
+    server = grpc.aio.server(options=server_options(cfg, reuse_port=reuse_port and relay == "python"),
                              interceptors=(auth,) if auth is not None else None)
-    if credentials is None:
-        port = server.add_insecure_port(cfg.listen)
+    native = None
+    if relay == "native":
+        # The Python server answers what the native server forwards, on a private socket.
+        state = await build_state(cfg, first, metrics, resolver=resolver)
+        admission = Admission(AdmissionLimits.from_config(cfg))
+        servicer = RouterServicer(state, admission, metrics, log_prompts=cfg.log_prompts, auth=auth)
+        native = servicer.native = NativeRelay(servicer)
+        try:
+            port = server.add_insecure_port(native.private_address)
+        except RuntimeError:
+            port = 0
+        if port == 0:
+            await state.close()
+            raise BindError(f"cannot listen on the private socket {native.private_address}")
     else:
-        port = server.add_secure_port(cfg.listen, credentials)
-    if port == 0:
-        raise BindError(f"cannot listen on {cfg.listen}: address in use or not available")
-    state = await build_state(cfg, first, metrics, resolver=resolver)
-    admission = Admission(AdmissionLimits.from_config(cfg))
-    servicer = RouterServicer(state, admission, metrics, log_prompts=cfg.log_prompts)
+        try:
+            if credentials is None:
+                port = server.add_insecure_port(cfg.listen)
+            else:
+                port = server.add_secure_port(cfg.listen, credentials)
+        except RuntimeError:  # grpcio 1.85 raises where older releases returned 0
+            port = 0
+        if port == 0:
+            raise BindError(f"cannot listen on {cfg.listen}: address in use or not available")
+        state = await build_state(cfg, first, metrics, resolver=resolver)
+        admission = Admission(AdmissionLimits.from_config(cfg))
+        servicer = RouterServicer(state, admission, metrics, log_prompts=cfg.log_prompts)
     server.add_generic_rpc_handlers((servicer.generic_handler(),))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -249,11 +297,22 @@ async def start(cfg: RouterConfig, *, classifier: ScoringClassifier | None = Non
         if serve_metrics and cfg.metrics_listen:
             metrics_server = MetricsServer(cfg.metrics_listen, metrics.registry)
         await server.start()
+        if native is not None:
+            try:
+                port = native.start(cfg.listen, threads=relay_threads(cfg), tls=tls,
+                                    max_message_bytes=cfg.max_message_bytes, reuse_port=reuse_port)
+            except OSError as exc:
+                raise BindError(str(exc)) from None
     except BaseException:
+        if native is not None:
+            await native.stop(0)
+        await server.stop(0)
+        if metrics_server is not None:
+            metrics_server.close()
         await state.close()
         raise
     running = RunningRouter(server, port, servicer, admission, metrics, health_servicer, classifier_factory,
-                            metrics_server, auth)
+                            metrics_server, auth, native)
     running.resolver = resolver
     if cfg.http_listen:  # before SERVING: a probe that sees SERVING finds both doors open
         from router_svc.http_api import HttpFrontDoor
@@ -268,7 +327,8 @@ async def start(cfg: RouterConfig, *, classifier: ScoringClassifier | None = Non
     for service in ("", SERVICE_NAME):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     security = "mutual TLS" if cfg.mutual_tls else "TLS" if cfg.tls else "plaintext"
-    log.info("router listening on %s; experts: %s; %s%s", running.address,
+    relay_text = f"native relay, {relay_threads(cfg)} thread(s)" if native is not None else "Python relay"
+    log.info("router listening on %s; %s; experts: %s; %s%s", running.address, relay_text,
              ", ".join(f"{e.name}={e.describe()}" for e in cfg.experts), security,
              ", tokens required" if auth is not None else "")
     return running

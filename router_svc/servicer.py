@@ -10,12 +10,13 @@ disturbs a stream in flight.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import grpc
 import numpy as np
@@ -31,21 +32,36 @@ from router_svc.config import RouterConfig
 from router_svc.errors import (
     ExpertUnavailable,
     InvalidRequest,
+    Rejected,
+    RouterError,
     UnknownExpert,
     abort_with,
     status_for,
 )
 from router_svc.logging_setup import log_request, request_log
 from router_svc.metrics import ITL_BOUNDS, RouterMetrics, add_observations, itl_bucket
-from router_svc.upstream import UpstreamPool, UpstreamStream, upstream_error
+from router_svc.upstream import (
+    Replica,
+    UpstreamFailure,
+    UpstreamPool,
+    UpstreamStream,
+    release_replica,
+    upstream_error,
+)
+
+if TYPE_CHECKING:
+    from router_svc.auth import TokenAuth
+    from router_svc.native_relay import NativeCall, NativeRelay, StreamDone
 
 SERVICE_NAME = "expert_router.v1.Router"
+GENERATE_METHOD = f"/{SERVICE_NAME}/Generate"
 # Only the latest user turns decide what a conversation is about.
 CLASSIFIED_USER_TURNS = 3
 REQUEST_ID_KEY = "x-request-id"
 # Trace context (W3C) is passed through to the expert unchanged.
 TRACE_KEYS = ("traceparent", "tracestate")
 EOF = grpc.aio.EOF
+log = logging.getLogger("router_svc")
 
 
 class ScoringClassifier(Protocol):
@@ -214,12 +230,12 @@ async def open_first_candidate(state: RouterState, route: Route, permit: Permit,
     raise first_error
 
 
-def _request_metadata(context: grpc.aio.ServicerContext,
+def _request_metadata(metadata: Sequence[tuple[str, str]] | None,
                       message: pb.GenerateRequest) -> tuple[str, list[tuple[str, str]]]:
     """The request id (header, else the message's request_id, else a new one) and what goes upstream."""
     request_id = ""
     forwarded: list[tuple[str, str]] = []
-    for key, value in context.invocation_metadata() or ():
+    for key, value in metadata or ():
         if key == REQUEST_ID_KEY:
             request_id = value
         elif key in TRACE_KEYS:
@@ -239,11 +255,16 @@ class RouterServicer:
     """Implements expert_router.v1.Router on top of RouterState, Admission and RouterMetrics."""
 
     def __init__(self, state: RouterState, admission: Admission, metrics: RouterMetrics, *,
-                 log_prompts: bool = False) -> None:
+                 log_prompts: bool = False, auth: TokenAuth | None = None) -> None:
         self.state = state
         self._admission = admission
         self._metrics = metrics
         self.log_prompts = log_prompts
+        # Checked here only for calls the native relay hands over; the Python server's interceptor
+        # checks every call it serves itself.
+        self.auth = auth
+        # The native relay, when it serves Generate (router_svc.native_relay).
+        self.native: NativeRelay | None = None
 
     async def _open(self, state: RouterState, route: Route, permit: Permit, request: bytes,
                     context: grpc.aio.ServicerContext,
@@ -273,7 +294,7 @@ class RouterServicer:
                     message = pb.GenerateRequest.FromString(request)
                 except DecodeError as exc:
                     raise InvalidRequest(f"the request is not a valid GenerateRequest: {exc}") from None
-                request_id, forwarded = _request_metadata(context, message)
+                request_id, forwarded = _request_metadata(context.invocation_metadata(), message)
                 validate_generate_request(message, state.cfg.max_prompt_bytes)
                 self._admission.refuse_if_full()
                 route = await state.chooser.route(message)
@@ -339,16 +360,17 @@ class RouterServicer:
             else:
                 self._metrics.rejected_before_routing(code)
             if request_log.isEnabledFor(logging.INFO):
-                self._log(request_id, route, stream, code, ttft, frames, received, message, outputs)
+                self._log(request_id, route, stream.replica.address if stream else "",
+                          stream.attempts if stream else 0, code, ttft, frames, received, message, outputs)
 
-    def _log(self, request_id: str, route: Route | None, stream: UpstreamStream | None, code: grpc.StatusCode,
+    def _log(self, request_id: str, route: Route | None, replica: str, attempts: int, code: grpc.StatusCode,
              ttft: float | None, frames: int, received: float, message: pb.GenerateRequest | None,
-             outputs: list[bytes] | None) -> None:
+             outputs: Sequence[bytes] | None) -> None:
         """The request's log line; only built when it is emitted (INFO)."""
         fields = {
             "request_id": request_id, "expert": route.expert if route else "",
-            "source": route.source if route else "", "replica": stream.replica.address if stream else "",
-            "attempts": stream.attempts if stream else 0, "status": code.name,
+            "source": route.source if route else "", "replica": replica,
+            "attempts": attempts, "status": code.name,
             "ttft_ms": round(1000 * ttft, 3) if ttft is not None else None, "frames": frames,
             "duration_ms": round(1000 * (time.perf_counter() - received), 3),
         }
@@ -356,6 +378,110 @@ class RouterServicer:
             fields["prompt"] = message.prompt or [[m.role, m.content] for m in message.messages]
             fields["output"] = "".join(pb.GenerateResponse.FromString(f).text for f in outputs or ())
         log_request(fields)
+
+    async def generate_native(self, call: NativeCall) -> None:
+        """Generate's decisions for a call the native relay holds: the same rules as ``Generate``.
+
+        The relay moves the frames; this coroutine runs once per call (plus once per failed attempt
+        before the first frame) and does the accounting from the counters the relay hands back.
+        """
+        received = time.perf_counter()
+        state = self.state
+        state.active += 1
+        request_id = ""
+        route: Route | None = None
+        permit: Permit | None = None
+        replica: Replica | None = None
+        attempts = 0
+        expert_metrics = None
+        message = None
+        done: StreamDone | None = None
+        try:
+            try:
+                if self.auth is not None:
+                    rejection = self.auth.authorize(GENERATE_METHOD, call.metadata)
+                    if rejection is not None:
+                        raise Rejected(rejection)
+                try:
+                    message = pb.GenerateRequest.FromString(call.request)
+                except DecodeError as exc:
+                    raise InvalidRequest(f"the request is not a valid GenerateRequest: {exc}") from None
+                request_id, forwarded = _request_metadata(call.metadata, message)
+                validate_generate_request(message, state.cfg.max_prompt_bytes)
+                self._admission.refuse_if_full()
+                route = await state.chooser.route(message)
+                permit = await self._admission.acquire(route.expert)
+                done, route, replica, attempts = await self._relay_native(
+                    state, route, permit, call, forwarded, request_id)
+            except Exception as exc:  # the error table: RouterError -> its status, else INTERNAL
+                code, details = status_for(exc)
+                if code is grpc.StatusCode.RESOURCE_EXHAUSTED and hasattr(exc, "reason"):
+                    self._metrics.rejections.labels(exc.reason).inc()
+                if not isinstance(exc, RouterError):
+                    log.error("internal error in %s", type(exc).__name__, exc_info=exc)
+                done = await call.finish(code, details, tuple(getattr(exc, "trailing_metadata", None) or ()))
+        finally:
+            code = done.code if done is not None else grpc.StatusCode.CANCELLED
+            if replica is not None:
+                release_replica(replica, code)
+            if permit is not None:
+                permit.release()
+            state.active -= 1
+            if route is not None and replica is not None:
+                expert_metrics = self._metrics.expert(route.expert)
+                expert_metrics.in_flight.dec()
+                if done is not None:
+                    if done.ttft is not None:
+                        expert_metrics.ttft.observe(done.ttft)
+                    if done.frames:
+                        expert_metrics.frames.inc(done.frames)
+                    if done.frames > 1:
+                        add_observations(expert_metrics.itl, done.gaps, done.gap_sum)
+                expert_metrics.request_done(code)
+            elif route is not None:
+                self._metrics.expert(route.expert).request_done(code)
+            else:
+                self._metrics.rejected_before_routing(code)
+            if request_log.isEnabledFor(logging.INFO):
+                self._log(request_id, route, replica.address if replica else "", attempts, code,
+                          done.ttft if done else None, done.frames if done else 0, received, message,
+                          done.captured if done else None)
+
+    async def _relay_native(self, state: RouterState, route: Route, permit: Permit, call: NativeCall,
+                            forwarded: Sequence[tuple[str, str]], request_id: str
+                            ) -> tuple[StreamDone, Route, Replica, int]:
+        """Relays through the first candidate expert and replica that take the request (as ``_open``)."""
+        first_error: ExpertUnavailable | None = None
+        native = self.native
+        settings = state.upstream.settings
+
+        async def attempt(replica: Replica, _remaining: float | None, *, initial: Sequence[tuple[str, str]],
+                          in_flight) -> UpstreamFailure | StreamDone:
+            channel = native.channel(replica.address, max_message_bytes=settings.max_message_bytes,
+                                     reconnect_max_s=settings.health_interval_s,
+                                     tls=settings.tls_pem, server_name=replica.server_name)
+            in_flight.inc()
+            outcome = await call.proceed(channel, forwarded, initial, self.log_prompts)
+            if isinstance(outcome, UpstreamFailure):
+                in_flight.dec()
+            return outcome
+
+        for candidate in state.chooser.candidates(route):
+            if first_error is not None:
+                if not permit.move(candidate.expert):
+                    continue
+                self._metrics.failovers.labels(route.expert, candidate.expert).inc()
+            on_candidate = functools.partial(attempt, initial=(*candidate.metadata(), (REQUEST_ID_KEY, request_id)),
+                                             in_flight=self._metrics.expert(candidate.expert).in_flight)
+            try:
+                done, replica, attempts = await state.upstream.try_replicas(
+                    candidate.expert, call.time_remaining(), on_candidate)
+            except ExpertUnavailable as exc:
+                first_error = first_error or exc
+                continue
+            return done, candidate, replica, attempts
+        assert first_error is not None  # candidates() is never empty
+        raise first_error
 
     async def Classify(self, request: pb.ClassifyRequest | None,
                        context: grpc.aio.ServicerContext) -> pb.ClassifyResponse:

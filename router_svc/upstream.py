@@ -22,8 +22,9 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -49,13 +50,23 @@ FAILURE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL
                            grpc.StatusCode.DATA_LOSS})
 
 
-def channel_options(max_message_bytes: int, reconnect_max_s: float = 5.0) -> list[tuple[str, int]]:
+# Keepalive on channels that carry Generate: detects a dead expert behind a quiet stream in about a
+# minute. A server answers pings more often than every 5 minutes (gRPC's default
+# min_ping_interval_without_data) on a connection where it sent no data with GOAWAY too_many_pings
+# after 2 strikes, so a connection that may stay data-idle for minutes must ping less often.
+KEEPALIVE_MS = 60_000
+# Channels that only carry the health Watch (the native relay has its own Generate channels):
+# the Watch sends nothing while the status holds, so they ping at the servers' default allowance.
+HEALTH_ONLY_KEEPALIVE_MS = 300_000
+
+
+def channel_options(max_message_bytes: int, reconnect_max_s: float = 5.0,
+                    keepalive_ms: int = KEEPALIVE_MS) -> list[tuple[str, int]]:
     """Options for every upstream channel: explicit message bounds and keepalive on long streams."""
     return [
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
-        # Detect a dead expert behind a quiet stream; 60 s stays above servers' default ping policy.
-        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.keepalive_time_ms", keepalive_ms),
         ("grpc.keepalive_timeout_ms", 20_000),
         ("grpc.keepalive_permit_without_calls", 0),
         ("grpc.http2.max_pings_without_data", 0),
@@ -76,20 +87,31 @@ class UpstreamSettings:
     eject_base_s: float = 1.0
     eject_max_s: float = 30.0
     max_attempts: int = 3
-    # TLS to the experts (None: plaintext).
+    # TLS to the experts (None: plaintext), and the same as PEM bytes (CA, certificate, key) for the
+    # native relay's channels.
     credentials: grpc.ChannelCredentials | None = None
+    tls_pem: tuple[bytes | None, bytes | None, bytes | None] | None = None
+    # Keepalive of the pool's grpcio channels (HEALTH_ONLY_KEEPALIVE_MS under the native relay).
+    keepalive_ms: int = KEEPALIVE_MS
 
     @classmethod
     def from_config(cls, cfg) -> UpstreamSettings:
-        credentials = None
+        credentials = tls_pem = None
         if getattr(cfg, "upstream_tls", False):
-            from expert_svc.tls import channel_credentials
+            from expert_svc.tls import channel_credentials, read_pem
 
             credentials = channel_credentials(cfg.upstream_tls_ca, cfg.upstream_tls_cert, cfg.upstream_tls_key)
+            tls_pem = (read_pem(cfg.upstream_tls_ca, "server CA"),
+                       read_pem(cfg.upstream_tls_cert, "client certificate") if cfg.upstream_tls_cert else None,
+                       read_pem(cfg.upstream_tls_key, "client private key") if cfg.upstream_tls_key else None)
+        from router_svc import native_relay
+
+        health_only = getattr(cfg, "relay", "python") == "native" and native_relay.available()
         return cls(max_message_bytes=cfg.max_message_bytes, health_interval_s=cfg.health_interval_s,
                    dns_refresh_s=cfg.dns_refresh_s, eject_after=cfg.eject_after,
                    eject_base_s=cfg.eject_base_s, eject_max_s=cfg.eject_max_s, max_attempts=cfg.max_attempts,
-                   credentials=credentials)
+                   credentials=credentials, tls_pem=tls_pem,
+                   keepalive_ms=HEALTH_ONLY_KEEPALIVE_MS if health_only else KEEPALIVE_MS)
 
 
 class Replica:
@@ -99,9 +121,10 @@ class Replica:
                  server_name: str | None = None) -> None:
         self.expert = expert
         self.address = address
+        self.server_name = server_name
         self._settings = settings
         self._metrics = metrics
-        options = channel_options(settings.max_message_bytes, settings.health_interval_s)
+        options = channel_options(settings.max_message_bytes, settings.health_interval_s, settings.keepalive_ms)
         if settings.credentials is None:
             self.channel = grpc.aio.insecure_channel(address, options=options)
         else:
@@ -368,14 +391,9 @@ class UpstreamStream:
 
     def finish(self, code: grpc.StatusCode | None) -> None:
         """Releases the replica; ``code`` is the upstream's status (None: the client went away)."""
-        replica = self.replica
-        replica.outstanding -= 1
         # Cancels the expert's generation when the client went away or the relay ended early.
         self.call.cancel()
-        if code is grpc.StatusCode.OK:
-            replica.record_success()
-        elif code in FAILURE_CODES:
-            replica.record_failure(f"{code.name} mid-stream")
+        release_replica(self.replica, code)
 
 
 class UpstreamPool:
@@ -432,10 +450,35 @@ class UpstreamPool:
         Raises ExpertUnavailable when no replica could take it (after up to ``max_attempts``
         replicas), UpstreamError for the expert's own error statuses.
         """
+
+        async def attempt(replica: Replica, remaining: float | None):
+            call = replica.generate(request, remaining, metadata)
+            try:
+                first = await call.read()
+            except grpc.aio.AioRpcError as err:
+                return UpstreamFailure(err.code(), err.details() or "", tuple(err.trailing_metadata() or ()))
+            except BaseException:
+                call.cancel()
+                raise
+            return call, first
+
+        (call, first), replica, attempts = await self.try_replicas(expert, timeout, attempt)
+        return UpstreamStream(replica, call, first, attempts)
+
+    async def try_replicas(self, expert: str, timeout: float | None,
+                           attempt: Callable[[Replica, float | None], Awaitable[Any]]) -> tuple[Any, Replica, int]:
+        """Calls ``attempt(replica, seconds left)`` on replicas of ``expert`` until one does not fail.
+
+        ``attempt`` returns an UpstreamFailure when the replica failed before its first frame, else
+        whatever the caller needs (the replica's ``outstanding`` count stays raised for it: release
+        it with ``release_replica``). The retry rule is the same for both relays: UNAVAILABLE and
+        RESOURCE_EXHAUSTED try another replica, up to ``max_attempts`` and within the deadline.
+        Returns (result, replica, attempts); raises ExpertUnavailable or UpstreamError.
+        """
         pool = self.expert(expert)
         deadline = None if timeout is None else time.monotonic() + timeout
         tried: list[Replica] = []
-        last: grpc.aio.AioRpcError | None = None
+        last: UpstreamFailure | None = None
         for _ in range(self.settings.max_attempts):
             replica = pool.pick(exclude=tried)
             if replica is None:
@@ -445,33 +488,52 @@ class UpstreamPool:
                 break
             tried.append(replica)
             replica.outstanding += 1
-            call = replica.generate(request, remaining, metadata)
             try:
-                first = await call.read()
-            except grpc.aio.AioRpcError as err:
-                replica.outstanding -= 1
-                code = err.code()
-                self.metrics.upstream_error(expert, code)
-                if code in FAILURE_CODES:
-                    replica.record_failure(err.details() or code.name)
-                if code in RETRIED_CODES:
-                    last = err
-                    if tried and len(tried) < self.settings.max_attempts:
-                        log.info("expert %r replica %s: %s before the first frame; trying another replica",
-                                 expert, replica.address, code.name)
-                    continue
-                raise upstream_error(err) from None
+                result = await attempt(replica, remaining)
             except BaseException:
                 replica.outstanding -= 1
-                call.cancel()
                 raise
-            return UpstreamStream(replica, call, first, len(tried))
-        if last is not None and last.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
-            raise upstream_error(last)  # every replica tried was busy: the expert's own status
+            if not isinstance(result, UpstreamFailure):
+                return result, replica, len(tried)
+            replica.outstanding -= 1
+            code = result.code
+            self.metrics.upstream_error(expert, code)
+            if code in FAILURE_CODES:
+                replica.record_failure(result.details or code.name)
+            if code in RETRIED_CODES:
+                last = result
+                if len(tried) < self.settings.max_attempts:
+                    log.info("expert %r replica %s: %s before the first frame; trying another replica",
+                             expert, replica.address, code.name)
+                continue
+            raise result.error()
+        if last is not None and last.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            raise last.error()  # every replica tried was busy: the expert's own status
         if last is not None:
-            reason = f"{len(tried)} replica(s) failed: {last.code().name}: {last.details()}"
+            reason = f"{len(tried)} replica(s) failed: {last.code.name}: {last.details}"
             raise pool.unavailable(reason)
         raise pool.unavailable()
+
+
+@dataclass(frozen=True)
+class UpstreamFailure:
+    """An upstream call that ended with an error status before its first frame."""
+
+    code: grpc.StatusCode
+    details: str
+    trailing_metadata: tuple = ()
+
+    def error(self) -> UpstreamError:
+        return UpstreamError(self.code, self.details, self.trailing_metadata)
+
+
+def release_replica(replica: Replica, code: grpc.StatusCode | None) -> None:
+    """Ends one stream's hold on ``replica``; ``code`` is its final status (None: the client went away)."""
+    replica.outstanding -= 1
+    if code is grpc.StatusCode.OK:
+        replica.record_success()
+    elif code in FAILURE_CODES:
+        replica.record_failure(f"{code.name} mid-stream")
 
 
 def upstream_error(err: grpc.aio.AioRpcError) -> UpstreamError:

@@ -69,9 +69,12 @@ class Supervisor:
         self.failed = False
 
     def _command(self, index: int) -> list[str]:
+        # Each worker runs "--workers 1": it is told its share of the cores for its native relay's threads.
+        from router_svc.server import relay_threads
+
         http = ["--http-listen", self._http_listen] if self._http_listen else []
         return [sys.executable, "-m", "router_svc", *self._argv, "--listen", self._listen, *http, "--workers", "1",
-                "--worker-index", str(index)]
+                "--relay-threads", str(relay_threads(self._cfg)), "--worker-index", str(index)]
 
     async def _spawn(self, index: int) -> None:
         env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": self._metrics_dir}

@@ -82,8 +82,18 @@ async def start_expert():
 StartRouter = Callable[..., Awaitable["object"]]
 
 
+@pytest.fixture(params=["native", "python"])
+def relay(request) -> str:
+    """Every router test runs against both relays of Generate (router_svc.native_relay)."""
+    from router_svc import native_relay
+
+    if request.param == "native" and not native_relay.available():
+        pytest.skip(native_relay.UNAVAILABLE_REASON)
+    return request.param
+
+
 @pytest.fixture
-async def start_router(fake_classifier: FakeClassifier):
+async def start_router(fake_classifier: FakeClassifier, relay: str):
     """``await start_router({"math": ["host:port", ...] or "dns:///host:port"}, **RouterConfig fields)``."""
     from router_svc import server
     from router_svc.config import RouterConfig, parse_expert_flag
@@ -92,9 +102,11 @@ async def start_router(fake_classifier: FakeClassifier):
 
     async def start(experts: dict[str, Sequence[str] | str], *, classifier=None, resolver=None, **fields):
         fields.setdefault("fallback", "general" if "general" in experts else next(iter(experts)))
+        fields.setdefault("relay", relay)
         specs = tuple(parse_expert_flag(f"{n}={a if isinstance(a, str) else ','.join(a)}")
                       for n, a in experts.items())
-        cfg = RouterConfig(experts=specs, listen="127.0.0.1:0", **fields)
+        fields.setdefault("listen", "127.0.0.1:0")
+        cfg = RouterConfig(experts=specs, **fields)
         running = await server.start(cfg, classifier=classifier or fake_classifier, resolver=resolver)
         started.append(running)
         return running

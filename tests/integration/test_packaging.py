@@ -39,6 +39,23 @@ def copy_source_tree(tree: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
+def grpcpp_installed() -> bool:
+    try:
+        return subprocess.run(["pkg-config", "--exists", "grpc++"], check=False).returncode == 0
+    except OSError:
+        return False
+
+
+def test_native_relay_is_built_where_grpcpp_is_installed() -> None:
+    """`make install` installs gRPC's C++ library where it can; then the relay must be there, not a fallback."""
+    if not grpcpp_installed():
+        pytest.skip("gRPC's C++ library is not installed (pkg-config grpc++): the Python relay serves")
+    from router_svc import native_relay
+
+    assert native_relay.available(), native_relay.UNAVAILABLE_REASON
+    assert native_relay._relay.grpc_version().startswith("1.")
+
+
 def test_wheel_from_clean_tree_has_compiled_core_and_stubs(tmp_path: Path) -> None:
     tree = tmp_path / "tree"
     copy_source_tree(tree)
@@ -51,6 +68,8 @@ def test_wheel_from_clean_tree_has_compiled_core_and_stubs(tmp_path: Path) -> No
 
     assert any(n.startswith("core/_featurizer.") and n.endswith(".so") for n in names)
     assert any(n.startswith("core/_routing.") and n.endswith(".so") for n in names)
+    if grpcpp_installed():  # the native relay is built wherever gRPC's C++ library is
+        assert any(n.startswith("router_svc/_relay.") and n.endswith(".so") for n in names)
     for stub in ("expert_router_pb2.py", "expert_router_pb2.pyi", "expert_router_pb2_grpc.py"):
         assert f"expert_router/v1/{stub}" in names
     if (ROOT / "router_svc" / "classifier_data" / "model.onnx").exists():

@@ -105,10 +105,11 @@ async def drain_call(call) -> list[pb.GenerateResponse]:
     return frames
 
 
-async def test_expert_killed_mid_stream_then_restarted_on_its_port(tmp_path: Path) -> None:
+async def test_expert_killed_mid_stream_then_restarted_on_its_port(tmp_path: Path, relay: str) -> None:
     async with (
         expert_processes(("math", SLOW), ("general", SLOW)) as (math, general),
-        router_process(tmp_path, {"math": math.address, "general": general.address}, eject_base_s=0.2) as router,
+        router_process(tmp_path, {"math": math.address, "general": general.address}, eject_base_s=0.2,
+                       relay=relay) as router,
         grpc.aio.insecure_channel(router.address) as channel,
     ):
         stub = pb_grpc.RouterStub(channel)
@@ -175,13 +176,13 @@ class FakeHangingExpert:
         return server, f"127.0.0.1:{port}"
 
 
-async def test_expert_that_never_answers_meets_the_deadline(tmp_path: Path, start_expert) -> None:
+async def test_expert_that_never_answers_meets_the_deadline(tmp_path: Path, start_expert, relay: str) -> None:
     hanging = FakeHangingExpert()
     server, address = await hanging.start()
     general = await start_expert("general")
     try:
         async with (
-            router_process(tmp_path, {"math": address, "general": general.address}) as router,
+            router_process(tmp_path, {"math": address, "general": general.address}, relay=relay) as router,
             grpc.aio.insecure_channel(router.address) as channel,
         ):
             stub = pb_grpc.RouterStub(channel)
@@ -201,12 +202,13 @@ async def test_expert_that_never_answers_meets_the_deadline(tmp_path: Path, star
         await server.stop(0)
 
 
-async def test_router_killed_under_load_fails_fast_and_its_restart_serves(tmp_path: Path, start_expert) -> None:
+async def test_router_killed_under_load_fails_fast_and_its_restart_serves(tmp_path: Path, start_expert,
+                                                                        relay: str) -> None:
     from tests.integration.test_router_processes import free_ports
 
     general = await start_expert("general", tokens_per_second=20.0, max_concurrency=64)
     listen = f"127.0.0.1:{free_ports(1)[0]}"
-    router = await start_router_process(tmp_path, {"general": general.address}, listen=listen)
+    router = await start_router_process(tmp_path, {"general": general.address}, listen=listen, relay=relay)
     try:
         async with grpc.aio.insecure_channel(listen) as channel:
             stub = pb_grpc.RouterStub(channel)
@@ -231,7 +233,7 @@ async def test_router_killed_under_load_fails_fast_and_its_restart_serves(tmp_pa
             assert info.value.code() == grpc.StatusCode.UNAVAILABLE
             assert time.monotonic() - started < 2.0
 
-            router = await start_router_process(tmp_path, {"general": general.address}, listen=listen)
+            router = await start_router_process(tmp_path, {"general": general.address}, listen=listen, relay=relay)
             # The client's existing channel reconnects by itself.
             frames = await drain_call(stub.Generate(request("general", 2), timeout=10, wait_for_ready=True))
             assert frames[-1].usage.completion_tokens == 2

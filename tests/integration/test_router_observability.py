@@ -62,6 +62,14 @@ def scrape(address: str) -> dict[str, float]:
     return samples
 
 
+async def settled(router, timeout: float = 5.0) -> None:
+    """Waits until every stream's accounting is done: the native relay reports a stream's end to
+    Python just after the client has seen it, so metrics and logs may lag the client by a moment."""
+    async with asyncio.timeout(timeout):
+        while router.state.active or router.admission.total:
+            await asyncio.sleep(0.01)
+
+
 async def drain(call) -> list[pb.GenerateResponse]:
     frames = []
     while (frame := await call.read()) is not grpc.aio.EOF:
@@ -105,6 +113,7 @@ async def test_metrics_endpoint_counts_requests_frames_and_latency(start_router,
     with pytest.raises(grpc.aio.AioRpcError):
         await drain(stub.Generate(pb.GenerateRequest(prompt="hello", expert="math")))
 
+    await settled(router)
     samples = await asyncio.to_thread(scrape, router.metrics_server.address)
     assert samples["router_requests_total{code=OK,expert=general}"] == 3
     assert samples["router_requests_total{code=UNAVAILABLE,expert=math}"] == 1
@@ -151,6 +160,7 @@ async def test_request_log_line_without_prompts_unless_asked(start_router, start
     secret = "my secret prompt"
     await drain(stub.Generate(pb.GenerateRequest(prompt=secret, sampling=pb.SamplingParams(max_tokens=3)),
                               metadata=(("x-request-id", "log-1"),)))
+    await settled(router)
     records = [r for r in caplog.records if r.name == "router_svc.requests"]
     assert len(records) == 1
     fields = records[0].fields
@@ -167,5 +177,6 @@ async def test_request_log_line_without_prompts_unless_asked(start_router, start
     debug = await start_router({"general": [expert.address]}, log_prompts=True)
     await drain(pb_grpc.RouterStub(channels(debug.address)).Generate(
         pb.GenerateRequest(prompt=secret, sampling=pb.SamplingParams(max_tokens=3))))
+    await settled(debug)
     fields = next(r for r in caplog.records if r.name == "router_svc.requests").fields
     assert fields["prompt"] == secret and len(fields["output"].split()) == 3

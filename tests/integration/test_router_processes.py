@@ -81,10 +81,10 @@ async def test_bad_config_file_exits_2_naming_the_key(tmp_path: Path) -> None:
 
 
 @needs_classifier
-async def test_router_process_serves_and_exits_0_on_sigterm(start_expert) -> None:
+async def test_router_process_serves_and_exits_0_on_sigterm(start_expert, relay: str) -> None:
     expert = await start_expert("general", tokens_per_second=20.0)
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "router_svc", "--listen", "127.0.0.1:0",
+        sys.executable, "-m", "router_svc", "--listen", "127.0.0.1:0", "--relay", relay,
         "--expert", f"general={expert.address}",
         stderr=asyncio.subprocess.PIPE)
     try:
@@ -150,7 +150,7 @@ async def test_local_stack_starts_routes_and_stops_cleanly(tmp_path: Path) -> No
 
 
 @needs_classifier
-async def test_workers_share_one_port_and_exit_0_on_sigterm(start_expert, tmp_path: Path) -> None:
+async def test_workers_share_one_port_and_exit_0_on_sigterm(start_expert, tmp_path: Path, relay: str) -> None:
     import json
     import urllib.request
 
@@ -161,7 +161,7 @@ async def test_workers_share_one_port_and_exit_0_on_sigterm(start_expert, tmp_pa
     log_path = tmp_path / "router.log"
     with open(log_path, "wb") as log_file:  # noqa: ASYNC230 - a test, before any server runs
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "router_svc", "--listen", "127.0.0.1:0", "--workers", "2",
+            sys.executable, "-m", "router_svc", "--listen", "127.0.0.1:0", "--workers", "2", "--relay", relay,
             "--expert", f"general={expert.address}", "--metrics-listen", f"127.0.0.1:{metrics_port}",
             "--http-listen", "127.0.0.1:0", stderr=log_file)
     try:
@@ -178,8 +178,16 @@ async def test_workers_share_one_port_and_exit_0_on_sigterm(start_expert, tmp_pa
             async with grpc.aio.insecure_channel(address) as channel:
                 frames = [frame async for frame in pb_grpc.RouterStub(channel).Generate(request)]
                 assert frames[-1].usage.completion_tokens == 2
-        requests = [json.loads(line) for line in log_path.read_text().splitlines()
+        def request_lines() -> list[dict]:
+            return [json.loads(line) for line in log_path.read_text().splitlines()
                     if line.startswith("{") and '"event":"request"' in line]
+
+        # A stream's log line and metrics follow its end (with the native relay, just after the client saw it).
+        for _ in range(100):
+            if len(request_lines()) >= 16:
+                break
+            await asyncio.sleep(0.05)
+        requests = request_lines()
         assert len(requests) == 16
         assert len({r["pid"] for r in requests}) == 2
         assert process.pid not in {r["pid"] for r in requests}

@@ -91,7 +91,7 @@ async def test_reload_swaps_experts_keeps_streams_and_rejects_bad_files(
 
 
 @pytest.mark.skipif(not ARTIFACT.exists(), reason="the packaged classifier is not built yet")
-async def test_sighup_reloads_a_router_process(tmp_path: Path, start_expert) -> None:
+async def test_sighup_reloads_a_router_process(tmp_path: Path, start_expert, relay: str) -> None:
     first, second = await start_expert("general"), await start_expert("general")
     path = tmp_path / "router.yaml"
     write_config(path, {"general": first.address}, reload_poll_s=3600)  # only SIGHUP may reload here
@@ -99,7 +99,7 @@ async def test_sighup_reloads_a_router_process(tmp_path: Path, start_expert) -> 
     with open(log_path, "wb") as log_file:  # noqa: ASYNC230 - a test, before any server runs
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "router_svc", "--config", str(path), "--listen", "127.0.0.1:0",
-            "--workers", "1", stderr=log_file)
+            "--workers", "1", "--relay", relay, stderr=log_file)
     try:
         await eventually(lambda: "router listening on" in log_path.read_text(), timeout=30)
         address = log_path.read_text().split("router listening on ")[1].split(";")[0]
