@@ -410,11 +410,12 @@ def write_markdown(path: Path, *, meta: Mapping[str, object], levels: Sequence[i
     lines += ["", "## Plots", "", "![latency](bench/standard-latency.png)", "",
               "![throughput](bench/standard-throughput.png)", "",
               "Raw numbers: [bench/standard.json](bench/standard.json).", ""]
-    # benchmarks/http_overhead.py owns a marked section of the same file: keep it.
+    # Other benchmark scripts own the sections from http_overhead.py's marked one to the end of the
+    # file (the HTTP door, then --stream-interval): keep them all.
     previous = path.read_text(encoding="utf-8") if path.exists() else ""
     start, end = previous.find(HTTP_SECTION_BEGIN), previous.find(HTTP_SECTION_END)
     if 0 <= start < end:
-        lines += [previous[start:end + len(HTTP_SECTION_END)], ""]
+        lines += [previous[start:].rstrip("\n"), ""]
     path.write_text("\n".join(lines), encoding="utf-8")
 
 

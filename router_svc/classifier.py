@@ -76,12 +76,27 @@ def _choose_providers(available: Sequence[str]) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
+def import_onnxruntime() -> Any:
+    """The onnxruntime module, or a ValueError that says which install extra brings it.
+
+    onnxruntime is not a base dependency: the `cpu` extra brings onnxruntime and the `gpu` extra
+    onnxruntime-gpu, and both provide the same module, so only one of them may be installed.
+    """
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ValueError("the classifier needs onnxruntime, which is not installed: install the router with "
+                         "the 'cpu' extra (pip install 'expert-router[cpu]'), or with the 'gpu' extra "
+                         "on a GPU machine") from None
+    return onnxruntime
+
+
 class Classifier:
     """Scores prompts: one probability per expert label, rows summing to 1."""
 
     def __init__(self, model_bytes: bytes, metadata: Mapping[str, Any], *,
                  providers: Sequence[str] | None = None) -> None:
-        import onnxruntime as ort
+        ort = import_onnxruntime()
 
         validate_metadata(metadata, model_bytes)
         self._metadata = dict(metadata)
@@ -152,7 +167,7 @@ class Classifier:
         else:
             feeds.update(word_ids=one, word_weights=np.ones(1, np.float32),
                          word_segments=np.zeros(1, np.int64))
-        import onnxruntime as ort
+        ort = import_onnxruntime()
 
         quiet = ort.RunOptions()
         quiet.log_severity_level = 4  # the refused index is expected; do not log it as an error

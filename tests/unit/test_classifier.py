@@ -273,3 +273,10 @@ _NOT_YET = pytest.mark.xfail(strict=True, reason="still misrouted by the package
 def test_everyday_prompts(classifier: Classifier, prompt: str, expert: str) -> None:
     scores = classifier.predict(prompt)
     assert classifier.labels[int(np.argmax(scores))] == expert, dict(zip(classifier.labels, scores))
+
+
+def test_missing_onnxruntime_names_the_extra_to_install(monkeypatch):
+    # onnxruntime comes from the `cpu` or `gpu` extra; without either the router must say which to install.
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` raise ImportError
+    with pytest.raises(ValueError, match=r"needs onnxruntime.*expert-router\[cpu\].*'gpu' extra"):
+        Classifier.load(DEFAULT_ARTIFACT_DIR)
