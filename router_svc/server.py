@@ -51,7 +51,7 @@ def listen_credentials(cfg: RouterConfig) -> grpc.ServerCredentials | None:
     """TLS (mutual TLS with a client CA) for the router's port; None serves plaintext."""
     if not cfg.tls:
         return None
-    from expert_svc.tls import server_credentials
+    from service_base.tls import server_credentials
 
     try:
         return server_credentials(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca, cfg.mutual_tls)

@@ -83,7 +83,7 @@ class UpstreamSettings:
     def from_config(cls, cfg) -> UpstreamSettings:
         credentials = None
         if getattr(cfg, "upstream_tls", False):
-            from expert_svc.tls import channel_credentials
+            from service_base.tls import channel_credentials
 
             credentials = channel_credentials(cfg.upstream_tls_ca, cfg.upstream_tls_cert, cfg.upstream_tls_key)
         return cls(max_message_bytes=cfg.max_message_bytes, health_interval_s=cfg.health_interval_s,
