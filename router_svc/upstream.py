@@ -32,6 +32,7 @@ from router_svc.config import UpstreamExpert, parse_address
 from router_svc.discovery import DnsWatcher, Resolver, resolve
 from router_svc.errors import ExpertUnavailable, UnknownExpert, UpstreamError
 from router_svc.metrics import RouterMetrics
+from service_base.tasks import cancel_and_wait
 
 log = logging.getLogger("router_svc.upstream")
 
@@ -231,11 +232,7 @@ class Replica:
     async def close(self, grace: float | None = None) -> None:
         self._closing = True
         if self._watcher is not None:
-            self._watcher.cancel()
-            try:
-                await self._watcher
-            except asyncio.CancelledError:
-                pass
+            await cancel_and_wait(self._watcher)
         await self.channel.close(grace)
 
 
@@ -251,11 +248,9 @@ class ReplicaStatus:
 class ExpertPool:
     """The replicas of one expert: a fixed list, or whatever its DNS name resolves to now."""
 
-    def __init__(self, expert: UpstreamExpert, settings: UpstreamSettings | int, *,
+    def __init__(self, expert: UpstreamExpert, settings: UpstreamSettings, *,
                  metrics: RouterMetrics | None = None, resolver: Resolver = resolve,
                  rng: random.Random | None = None) -> None:
-        if isinstance(settings, int):  # max_message_bytes, as tests and older callers pass it
-            settings = UpstreamSettings(max_message_bytes=settings)
         self.name = expert.name
         self.spec = expert
         self._settings = settings
