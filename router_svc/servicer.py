@@ -111,7 +111,8 @@ class Route:
 
 
 class ExpertChooser:
-    """Scores prompts (micro-batched, off the event loop) and decides the expert."""
+    """Scores prompts through the MicroBatcher (a lone short prompt inline once the model has
+    proved fast, concurrent ones batched in a thread) and decides the expert."""
 
     def __init__(self, classifier: ScoringClassifier, batcher: MicroBatcher, *, experts: Sequence[str],
                  fallback: str, min_confidence: float, failover_margin: float = 0.0,
