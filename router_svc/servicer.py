@@ -354,8 +354,10 @@ class RouterServicer:
             fallback=decision.fallback,
         )
 
-    async def ListExperts(self, request: pb.ListExpertsRequest,
+    async def ListExperts(self, request: pb.ListExpertsRequest | UndecodableRequest,
                           context: grpc.aio.ServicerContext) -> pb.ListExpertsResponse:
+        if isinstance(request, UndecodableRequest):
+            await abort_with(context, request.error())
         state = self.state
         experts = []
         for name, replicas in state.upstream.status():
@@ -377,6 +379,6 @@ class RouterServicer:
                 self.Classify, request_deserializer=tolerant_parser(pb.ClassifyRequest),
                 response_serializer=pb.ClassifyResponse.SerializeToString),
             "ListExperts": grpc.unary_unary_rpc_method_handler(
-                self.ListExperts, request_deserializer=pb.ListExpertsRequest.FromString,
+                self.ListExperts, request_deserializer=tolerant_parser(pb.ListExpertsRequest),
                 response_serializer=pb.ListExpertsResponse.SerializeToString),
         })

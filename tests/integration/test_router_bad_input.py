@@ -211,3 +211,16 @@ async def test_undecodable_classify_body_is_invalid_argument(router_for, channel
     classified = await pb_grpc.RouterStub(channel).Classify(pb.ClassifyRequest(prompt="solve x"), timeout=DEADLINE_S)
     assert classified.expert == "general"
     await assert_good_request_succeeds(pb_grpc.RouterStub(channel))
+
+
+async def test_undecodable_list_experts_body_is_invalid_argument(router_for, channels) -> None:
+    router, _ = await router_for({})
+    channel = channels(router.address)
+    raw = channel.unary_unary("/expert_router.v1.Router/ListExperts", request_serializer=None,
+                              response_deserializer=None)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await raw(b"\x07" * 70, timeout=DEADLINE_S)
+    assert info.value.code() == INVALID, info.value  # grpcio alone would answer UNKNOWN
+    assert "is not a valid expert_router.v1.ListExpertsRequest message" in info.value.details()
+    listed = await pb_grpc.RouterStub(channel).ListExperts(pb.ListExpertsRequest(), timeout=DEADLINE_S)
+    assert [expert.name for expert in listed.experts] == ["general"]
