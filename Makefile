@@ -96,7 +96,7 @@ build-engines: install
 
 lint: install
 	$(PIP) install ruff
-	$(PY) -m ruff check core router_svc expert_svc tests benchmarks
+	$(PY) -m ruff check core router_svc expert_svc service_base tests benchmarks
 
 clean:
 	rm -rf build dist *.egg-info core/*.c core/*.so router_svc/*.so expert_router

@@ -45,16 +45,10 @@ from hypothesis import strategies as st
 
 import core
 from expert_router.v1 import expert_router_pb2 as pb
-from expert_svc.convert import (
-    MAX_REQUEST_ID_CHARS,
-    MAX_STOP_CHARS,
-    MAX_STOP_STRINGS,
-    ROLES,
-    RequestLimits,
-    request_from_pb,
-)
-from expert_svc.errors import InvalidRequestError
-from expert_svc.servicer import UndecodableRequest, tolerant_parser
+from expert_svc.convert import RequestLimits, request_from_pb
+from service_base.errors import InvalidRequestError
+from service_base.parsing import UndecodableRequest, tolerant_parser
+from service_base.rules import MAX_REQUEST_ID_CHARS, MAX_STOP_CHARS, MAX_STOP_STRINGS, ROLES
 
 MAX_FAILURE_SAMPLES = 10
 

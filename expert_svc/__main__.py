@@ -6,6 +6,8 @@ import asyncio
 import logging
 import sys
 
+from service_base import logs
+
 from .config import config_from_args
 from .errors import EngineStartupError
 from .server import preflight, serve
@@ -19,11 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, EngineStartupError) as exc:
         print(f"expert_svc: error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=cfg.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    # The router's text format: request lines print as JSON objects, joinable on request_id.
+    logs.configure(cfg.log_level.upper(), "text")
     try:
         asyncio.run(serve(cfg))
     except (OSError, EngineStartupError, ValueError) as exc:

@@ -9,7 +9,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .tls import server_credentials
+from service_base.tls import server_credentials
 
 ENGINES = ("llamacpp", "synthetic", "trtllm")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")

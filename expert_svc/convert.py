@@ -1,21 +1,18 @@
-"""Pure conversions between protobuf messages and the domain types, with request validation."""
+"""Pure conversions between protobuf messages and the domain types, with request validation.
+
+The rules shared with the router live in `service_base.rules`; what depends on this expert
+(its context length, its default max_tokens) is checked here.
+"""
 
 from __future__ import annotations
 
-import math
-import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from expert_router.v1 import expert_router_pb2 as pb
+from service_base.errors import InvalidRequestError
+from service_base.rules import check_prompt, check_sampling, resolve_request_id
 
-from .errors import InvalidRequestError
 from .types import ChatMessage, Delta, EngineInfo, EngineRequest, FinishReason, SamplingParams
-
-ROLES = frozenset({"system", "user", "assistant"})
-MAX_STOP_STRINGS = 16
-MAX_STOP_CHARS = 256
-MAX_REQUEST_ID_CHARS = 128
 
 _FINISH_TO_PB = {
     None: pb.FINISH_REASON_UNSPECIFIED,
@@ -33,29 +30,6 @@ class RequestLimits:
     context_length: int = 2048
     default_max_tokens: int = 128
     max_prompt_bytes: int = 256 * 1024
-
-
-def check_sampling(msg: pb.SamplingParams) -> None:
-    """The sampling rules that hold whatever the model; the router applies them too."""
-    if msg.HasField("temperature") and not (math.isfinite(msg.temperature) and msg.temperature >= 0):
-        raise InvalidRequestError(
-            f"sampling.temperature must be a finite number >= 0 (0 is greedy), got {msg.temperature}"
-        )
-    if msg.HasField("top_p") and not (0.0 < msg.top_p <= 1.0):  # also rejects NaN
-        raise InvalidRequestError(f"sampling.top_p must be in (0, 1], got {msg.top_p}")
-    if msg.top_k < 0:
-        raise InvalidRequestError(f"sampling.top_k must be >= 0 (0 disables it), got {msg.top_k}")
-    if len(msg.stop) > MAX_STOP_STRINGS:
-        raise InvalidRequestError(
-            f"sampling.stop has {len(msg.stop)} strings; at most {MAX_STOP_STRINGS} are allowed"
-        )
-    for i, s in enumerate(msg.stop):
-        if not s:
-            raise InvalidRequestError(f"sampling.stop[{i}] is empty; remove it or give a non-empty string")
-        if len(s) > MAX_STOP_CHARS:
-            raise InvalidRequestError(
-                f"sampling.stop[{i}] has {len(s)} characters; at most {MAX_STOP_CHARS} are allowed"
-            )
 
 
 def sampling_params_from_pb(
@@ -82,36 +56,14 @@ def sampling_params_from_pb(
     )
 
 
-def check_prompt(prompt: str, messages: Sequence[pb.ChatMessage], max_prompt_bytes: int) -> int:
-    """The prompt/messages rules of GenerateRequest and ClassifyRequest, shared with the router.
+def request_from_pb(msg: pb.GenerateRequest, limits: RequestLimits, request_id: str = "") -> EngineRequest:
+    """Validate a GenerateRequest and convert it; raises InvalidRequestError naming the field.
 
-    Returns the prompt's size in UTF-8 bytes.
+    ``request_id`` is the id the servicer resolved (metadata first); without one, the body's
+    request_id, else a new id.
     """
-    if prompt and messages:
-        raise InvalidRequestError("set either prompt or messages, not both")
-    if not prompt and not messages:
-        raise InvalidRequestError("the request is empty: set prompt or messages")
-    size = len(prompt.encode())
-    for i, m in enumerate(messages):
-        if m.role not in ROLES:
-            raise InvalidRequestError(
-                f"messages[{i}].role is {m.role!r}; it must be one of {', '.join(sorted(ROLES))}"
-            )
-        size += len(m.content.encode())
-    if size > max_prompt_bytes:
-        raise InvalidRequestError(
-            f"the prompt is {size} bytes; this service accepts at most {max_prompt_bytes} bytes"
-        )
-    return size
-
-
-def request_from_pb(msg: pb.GenerateRequest, limits: RequestLimits) -> EngineRequest:
-    """Validate a GenerateRequest and convert it; raises InvalidRequestError naming the field."""
-    if len(msg.request_id) > MAX_REQUEST_ID_CHARS:
-        raise InvalidRequestError(
-            f"request_id has {len(msg.request_id)} characters; at most {MAX_REQUEST_ID_CHARS}"
-        )
-    request_id = msg.request_id or uuid.uuid4().hex
+    if not request_id:
+        request_id = resolve_request_id((), msg.request_id)
     check_prompt(msg.prompt, msg.messages, limits.max_prompt_bytes)
     messages = tuple(ChatMessage(m.role, m.content) for m in msg.messages)
     sampling = sampling_params_from_pb(msg.sampling, limits, has_field=msg.HasField("sampling"))

@@ -1,4 +1,4 @@
-"""The expert's error table: domain exceptions and the gRPC status each one maps to.
+"""The expert's errors, on the shared base (`service_base.errors`) whose table maps them to gRPC statuses.
 
 Applied once, at the servicer edge, so a router can tell bad input (the caller's fault) from
 overload (try another replica) and from a broken worker (INTERNAL, with a logged traceback).
@@ -10,19 +10,19 @@ import logging
 
 import grpc
 
+from service_base.errors import InvalidRequestError, ServiceError
+from service_base.errors import status_for as _status_for
+
+__all__ = [
+    "EngineFailedError", "EngineStartupError", "EngineUnavailableError", "ExpertError", "InvalidRequestError",
+    "OverloadedError", "status_for",
+]
+
 log = logging.getLogger(__name__)
 
 
-class ExpertError(Exception):
-    """Base of the errors the expert reports with a specific gRPC status."""
-
-    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
-
-
-class InvalidRequestError(ExpertError, ValueError):
-    """The request cannot be served as sent; the message says which field and why."""
-
-    code = grpc.StatusCode.INVALID_ARGUMENT
+class ExpertError(ServiceError):
+    """Base of the errors only the expert raises (bad input is the shared InvalidRequestError)."""
 
 
 class OverloadedError(ExpertError):
@@ -50,14 +50,9 @@ class EngineStartupError(RuntimeError):
 def status_for(exc: BaseException, *, expert: str, request_id: str = "") -> tuple[grpc.StatusCode, str]:
     """The status code and details to send for an exception raised while serving a request.
 
-    Unexpected exceptions are bugs: they are logged with their traceback and reported as INTERNAL
-    without leaking internals to the caller.
+    Unexpected exceptions are bugs: they are logged here with their traceback and reported as
+    INTERNAL without leaking internals to the caller.
     """
-    if isinstance(exc, ExpertError):
-        return exc.code, str(exc)
-    log.error("unexpected error in expert %s (request %s)", expert, request_id or "-", exc_info=exc)
-    where = f" (request {request_id})" if request_id else ""
-    return (
-        grpc.StatusCode.INTERNAL,
-        f"internal error in expert {expert!r}{where}: {type(exc).__name__}; see the expert's log",
-    )
+    if not isinstance(exc, ServiceError):
+        log.error("unexpected error in expert %s (request %s)", expert, request_id or "-", exc_info=exc)
+    return _status_for(exc, service=f"expert {expert!r}", request_id=request_id)

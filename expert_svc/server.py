@@ -12,12 +12,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from expert_router.v1 import expert_router_pb2 as pb
+from service_base.tls import server_credentials
 
 from .config import ExpertConfig, split_host_port
 from .convert import RequestLimits
 from .engines import Engine, create_engine
 from .servicer import ExpertServicer, add_expert_servicer
-from .tls import server_credentials
 
 log = logging.getLogger(__name__)
 

@@ -1,57 +1,32 @@
-"""The Expert gRPC servicer: converts messages, admits requests, maps errors. No model logic."""
+"""The Expert gRPC servicer: converts messages, admits requests, maps errors. No model logic.
+
+A request is known by one id (the ``x-request-id`` metadata the router sets, else the body's
+request_id, else a new one), which its log line, its errors and the engine's abort records carry.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator
 
 import grpc
-from google.protobuf.message import DecodeError, Message
 
 from expert_router.v1 import expert_router_pb2 as pb
 from expert_router.v1 import expert_router_pb2_grpc as pb_grpc
+from service_base.logs import log_request
+from service_base.parsing import UndecodableRequest, tolerant_parser
+from service_base.rules import REQUEST_ID_KEY, resolve_request_id
 
 from .convert import RequestLimits, delta_to_pb, info_to_pb, request_from_pb
 from .engines.base import Engine
-from .errors import EngineUnavailableError, InvalidRequestError, OverloadedError, status_for
+from .errors import EngineUnavailableError, OverloadedError, status_for
 from .streaming import coalesce
 
 log = logging.getLogger(__name__)
-
-
-class UndecodableRequest:
-    """What the handler receives when the request bytes are not the message the rpc takes.
-
-    gRPC's own handling of a deserializer error is an UNKNOWN status naming a Python exception
-    class; a bad body is the caller's fault, so the handler turns this into INVALID_ARGUMENT.
-    """
-
-    __slots__ = ("message_type", "reason", "size")
-
-    def __init__(self, message_type: str, size: int, reason: str) -> None:
-        self.message_type = message_type
-        self.size = size
-        self.reason = reason
-
-    def error(self) -> InvalidRequestError:
-        return InvalidRequestError(
-            f"the request body ({self.size} bytes) is not a valid {self.message_type} message "
-            f"({self.reason}); send a serialized {self.message_type}"
-        )
-
-
-def tolerant_parser(message_class: type[Message]) -> Callable[[bytes], Message | UndecodableRequest]:
-    """A request deserializer that never raises: bad bytes become an UndecodableRequest."""
-    full_name = message_class.DESCRIPTOR.full_name
-
-    def parse(data: bytes) -> Message | UndecodableRequest:
-        try:
-            return message_class.FromString(data)
-        except DecodeError as exc:
-            return UndecodableRequest(full_name, len(data), str(exc).rsplit(": ", 1)[-1] or "corrupt")
-
-    return parse
+# One line per finished Generate, joinable with the router's on request_id.
+request_log = logging.getLogger("expert_svc.requests")
 
 
 def add_expert_servicer(servicer: ExpertServicer, server: grpc.aio.Server) -> None:
@@ -72,6 +47,12 @@ def add_expert_servicer(servicer: ExpertServicer, server: grpc.aio.Server) -> No
     service = pb.DESCRIPTOR.services_by_name["Expert"].full_name
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
     server.add_registered_method_handlers(service, handlers)
+
+
+async def _abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, details: str, request_id: str) -> None:
+    """Ends the call (abort raises); the request id travels in the trailing metadata, so a caller
+    can quote it whatever the error."""
+    await context.abort(code, details, trailing_metadata=((REQUEST_ID_KEY, request_id),) if request_id else ())
 
 
 class ExpertServicer(pb_grpc.ExpertServicer):
@@ -114,36 +95,55 @@ class ExpertServicer(pb_grpc.ExpertServicer):
     async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateResponse]:
-        if isinstance(request, UndecodableRequest):
-            await context.abort(*status_for(request.error(), expert=self._name))
-        request_id = request.request_id
+        received = time.perf_counter()
+        request_id = ""
+        status = grpc.StatusCode.CANCELLED  # unless the stream ends another way below
+        frames = 0
+        completion_tokens = None
         try:
-            if not self._engine.ready:
-                # Before the limits of a model still loading are known.
+            if isinstance(request, UndecodableRequest):
+                status, details = status_for(request.error(), expert=self._name)
+                await context.abort(status, details)
+            try:
+                request_id = resolve_request_id(context.invocation_metadata(), request.request_id)
+                if not self._engine.ready:
+                    # Before the limits of a model still loading are known.
+                    self._admit()
+                engine_request = request_from_pb(request, self.limits, request_id)
                 self._admit()
-            engine_request = request_from_pb(request, self.limits)
-            request_id = engine_request.request_id
-            self._admit()
-        except Exception as exc:  # noqa: BLE001 - every error is mapped by the error table
-            await context.abort(*status_for(exc, expert=self._name, request_id=request_id))
-        self._active += 1
-        error: Exception | None = None
-        try:
-            # aclosing: if this handler is cancelled while it waits to send a frame, the engine's
-            # generator is still closed, which aborts the request inside the engine.
-            interval = 1 if self._engine.coalesces_frames else self._stream_interval
-            async with (
-                contextlib.aclosing(self._engine.generate(engine_request)) as deltas,
-                contextlib.aclosing(coalesce(deltas, interval)) as frames,
-            ):
-                async for delta in frames:
-                    yield delta_to_pb(delta)
-        except Exception as exc:  # noqa: BLE001 - mapped below; CancelledError is not an Exception
-            error = exc
+            except Exception as exc:  # noqa: BLE001 - every error is mapped by the error table
+                status, details = status_for(exc, expert=self._name, request_id=request_id)
+                await _abort(context, status, details, request_id)
+            self._active += 1
+            error: Exception | None = None
+            try:
+                # aclosing: if this handler is cancelled while it waits to send a frame, the engine's
+                # generator is still closed, which aborts the request inside the engine.
+                interval = 1 if self._engine.coalesces_frames else self._stream_interval
+                async with (
+                    contextlib.aclosing(self._engine.generate(engine_request)) as deltas,
+                    contextlib.aclosing(coalesce(deltas, interval)) as frames_out,
+                ):
+                    async for delta in frames_out:
+                        frames += 1
+                        if delta.finish_reason is not None:
+                            completion_tokens = delta.completion_tokens
+                        yield delta_to_pb(delta)
+            except Exception as exc:  # noqa: BLE001 - mapped below; CancelledError is not an Exception
+                error = exc
+            finally:
+                self._active -= 1
+            if error is not None:
+                status, details = status_for(error, expert=self._name, request_id=request_id)
+                await _abort(context, status, details, request_id)
+            status = grpc.StatusCode.OK
         finally:
-            self._active -= 1
-        if error is not None:
-            await context.abort(*status_for(error, expert=self._name, request_id=request_id))
+            if request_log.isEnabledFor(logging.INFO):
+                log_request(request_log, {
+                    "request_id": request_id, "expert": self._name, "status": status.name, "frames": frames,
+                    "completion_tokens": completion_tokens,
+                    "duration_ms": round(1000 * (time.perf_counter() - received), 3),
+                })
 
     async def GetInfo(self, request: pb.GetInfoRequest, context: grpc.aio.ServicerContext) -> pb.ExpertInfo:
         if isinstance(request, UndecodableRequest):

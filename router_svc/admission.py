@@ -44,21 +44,15 @@ class Permit:
         """Moves the permit to another expert if that expert has room (no queueing); True on success."""
         if expert == self.expert:
             return True
-        admission = self._admission
-        bound = admission.limits.max_in_flight_per_expert
-        if bound and admission.per_expert.get(expert, 0) >= bound:
+        if not self._admission.transfer(self.expert, expert):
             return False
-        admission._count(expert, 1, total=False)
-        admission._count(self.expert, -1, total=False)
         self.expert = expert
-        admission._grant()
         return True
 
     def release(self) -> None:
         if not self._released:
             self._released = True
-            self._admission._count(self.expert, -1)
-            self._admission._grant()
+            self._admission.release(self.expert)
 
 
 class Admission:
@@ -77,6 +71,22 @@ class Admission:
     def reconfigure(self, limits: AdmissionLimits) -> None:
         """New bounds apply to new requests; streams already admitted keep their slot."""
         self.limits = limits
+        self._grant()
+
+    def transfer(self, source: str, target: str) -> bool:
+        """Moves one admitted stream from ``source`` to ``target`` if ``target`` is under its own
+        bound (no queueing: the stream is already running); True on success."""
+        bound = self.limits.max_in_flight_per_expert
+        if bound and self.per_expert.get(target, 0) >= bound:
+            return False
+        self._count(target, 1, total=False)
+        self._count(source, -1, total=False)
+        self._grant()
+        return True
+
+    def release(self, expert: str) -> None:
+        """Ends one admitted stream to ``expert`` and lets waiters in (through Permit.release)."""
+        self._count(expert, -1)
         self._grant()
 
     def _count(self, expert: str, delta: int, *, total: bool = True) -> None:

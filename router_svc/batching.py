@@ -25,6 +25,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from service_base.tasks import cancel_and_wait
+
 PredictBatch = Callable[[Sequence[str]], np.ndarray]
 
 # A lone prompt is scored inline only while one prediction is measured to cost at most this much CPU...
@@ -133,11 +135,7 @@ class MicroBatcher:
         """Stops the worker; queued requests are cancelled."""
         self._closed = True
         if self._worker is not None and not self._worker.done():
-            self._worker.cancel()
-            try:
-                await self._worker
-            except asyncio.CancelledError:
-                pass
+            await cancel_and_wait(self._worker)
         while self._queue:
             self._queue.popleft()[1].cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -183,7 +183,7 @@ class RouterConfig:
 
     def _check_tls(self) -> None:
         """Loads the TLS files now: a bad path or a key that does not match fails at start, not per handshake."""
-        from expert_svc.tls import channel_credentials, server_credentials
+        from service_base.tls import channel_credentials, server_credentials
 
         for key in ("tls_cert", "tls_key", "tls_client_ca", "upstream_tls_ca", "upstream_tls_cert",
                     "upstream_tls_key", "auth_tokens"):

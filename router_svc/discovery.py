@@ -11,6 +11,8 @@ import logging
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 
+from service_base.tasks import cancel_and_wait
+
 log = logging.getLogger("router_svc.discovery")
 
 # (host, port) -> the replica addresses, "HOST:PORT" ("[v6]:PORT" for IPv6), sorted, no duplicates.
@@ -76,8 +78,4 @@ class DnsWatcher:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            await cancel_and_wait(self._task)

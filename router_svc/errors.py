@@ -1,4 +1,4 @@
-"""The router's error table: domain exceptions and the gRPC status each one becomes at the servicer edge.
+"""The router's errors, on the shared base (`service_base.errors`) whose table gives each its gRPC status.
 
 Bad input is INVALID_ARGUMENT, an unknown expert NOT_FOUND, an expert nobody can reach UNAVAILABLE,
 the router over its admission bounds RESOURCE_EXHAUSTED (with a ``retry-after-ms`` hint);
@@ -13,22 +13,21 @@ from typing import NoReturn
 
 import grpc
 
+from service_base.errors import InvalidRequestError, ServiceError
+from service_base.errors import status_for as _status_for
+
 log = logging.getLogger("router_svc")
 
 # Trailing metadata of RESOURCE_EXHAUSTED answers: how long to wait before retrying.
 RETRY_AFTER_KEY = "retry-after-ms"
 
 
-class RouterError(Exception):
-    """A failure with a definite gRPC status; ``str(exc)`` is the status details."""
-
-    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+class RouterError(ServiceError):
+    """A failure only the router raises; ``str(exc)`` is the status details."""
 
 
-class InvalidRequest(RouterError):
-    """The request is malformed or out of bounds."""
-
-    code = grpc.StatusCode.INVALID_ARGUMENT
+# Bad input is the one error class both services share: the request rules raise it directly.
+InvalidRequest = InvalidRequestError
 
 
 class UnknownExpert(RouterError):
@@ -82,15 +81,13 @@ class Rejected(RouterError):
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The status and details a client sees for ``exc``."""
-    if isinstance(exc, RouterError):
-        return exc.code, str(exc)
-    return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}"
+    return _status_for(exc, service="the router")
 
 
 async def abort_with(context: grpc.aio.ServicerContext, exc: BaseException) -> NoReturn:
     """Ends the rpc with the status ``exc`` maps to (never returns)."""
     code, details = status_for(exc)
-    if not isinstance(exc, RouterError):
+    if not isinstance(exc, ServiceError):
         log.error("internal error in %s", type(exc).__name__, exc_info=exc)
     trailing = tuple(getattr(exc, "trailing_metadata", None) or ())
     await context.abort(code, details, trailing_metadata=trailing)

@@ -50,11 +50,10 @@ import grpc
 from aiohttp import web
 
 from expert_router.v1 import expert_router_pb2 as pb
-from expert_svc.convert import MAX_REQUEST_ID_CHARS
 from router_svc.admission import Admission, Permit
 from router_svc.auth import ROUTER_SERVICE, TokenAuth
 from router_svc.config import RouterConfig, parse_address
-from router_svc.errors import RETRY_AFTER_KEY, RouterError, UpstreamError, status_for
+from router_svc.errors import RETRY_AFTER_KEY, UpstreamError, status_for
 from router_svc.logging_setup import log_request, request_log
 from router_svc.metrics import ITL_BOUNDS, RouterMetrics, add_observations, itl_bucket
 from router_svc.openai_compat import (
@@ -78,6 +77,8 @@ from router_svc.servicer import (
     validate_generate_request,
 )
 from router_svc.upstream import UpstreamStream, upstream_error
+from service_base.errors import InvalidRequestError, ServiceError
+from service_base.rules import resolve_request_id
 
 log = logging.getLogger("router_svc.http")
 
@@ -199,12 +200,11 @@ class HttpFrontDoor:
     # Dispatch ------------------------------------------------------------------------------------
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        request_id = request.headers.get(REQUEST_ID_KEY, "")
-        if request_id and (len(request_id) > MAX_REQUEST_ID_CHARS or not request_id.isascii()
-                           or not request_id.isprintable()):
-            return self._error(ApiError(400, f"x-request-id must be 1-{MAX_REQUEST_ID_CHARS} printable ASCII "
-                                             f"characters", param="x-request-id"), uuid.uuid4().hex)
-        request_id = request_id or uuid.uuid4().hex
+        try:
+            # Header names are case-insensitive in HTTP: read the header, then apply the shared rule.
+            request_id = resolve_request_id(((REQUEST_ID_KEY, request.headers.get(REQUEST_ID_KEY, "")),), "")
+        except InvalidRequestError as exc:
+            return self._error(ApiError(400, str(exc), param=REQUEST_ID_KEY), uuid.uuid4().hex)
         entry = self._routes.get(request.path)
         if entry is None:
             return self._error(ApiError(404, f"no such endpoint: {request.method} {request.path}; this router "
@@ -328,7 +328,7 @@ class HttpFrontDoor:
                 code = _grpc_code(error, exc)
                 if code is grpc.StatusCode.RESOURCE_EXHAUSTED and hasattr(exc, "reason"):
                     self._metrics.rejections.labels(exc.reason).inc()
-                if not isinstance(exc, (RouterError, ApiError)):
+                if not isinstance(exc, (ServiceError, ApiError)):
                     log.error("internal error in %s", type(exc).__name__, exc_info=exc)
                 return self._error(error, request_id)
             expert_metrics = self._metrics.expert(route.expert)

@@ -1,65 +1,22 @@
-"""Logging: human-readable text or JSON lines, and one JSON line per finished Generate request.
+"""The router's logging: the shared formats (`service_base.logs`) and its per-request logger.
 
-Request lines go to the ``router_svc.requests`` logger with their fields in ``record.fields``; in
-text mode they print as the bare JSON object, in JSON mode merged into the usual record fields. They
-carry ids, timings and sizes only: prompts and outputs appear only with ``--log-prompts``.
+Request lines go to the ``router_svc.requests`` logger; prompts and outputs appear in them only
+with ``--log-prompts``.
 """
 from __future__ import annotations
 
-import json
 import logging
-import sys
 from typing import Any
+
+from service_base.logs import JsonFormatter, TextFormatter, configure
+from service_base.logs import log_request as _log_request
+
+__all__ = ["REQUEST_LOGGER", "JsonFormatter", "TextFormatter", "configure", "log_request", "request_log"]
 
 REQUEST_LOGGER = "router_svc.requests"
 request_log = logging.getLogger(REQUEST_LOGGER)
 
 
-class JsonFormatter(logging.Formatter):
-    """One JSON object per record: time, level, logger, message, and the record's ``fields``."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "ts": round(record.created, 6),
-            "level": record.levelname,
-            "logger": record.name,
-            "msg": record.getMessage(),
-            "pid": record.process,
-        }
-        fields = getattr(record, "fields", None)
-        if fields:
-            entry.update(fields)
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, separators=(",", ":"), ensure_ascii=False, default=str)
-
-
-class TextFormatter(logging.Formatter):
-    """The usual one-line text; request records print as their JSON fields alone."""
-
-    def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-    def format(self, record: logging.LogRecord) -> str:
-        fields = getattr(record, "fields", None)
-        if fields is not None:
-            return json.dumps({"ts": round(record.created, 6), "pid": record.process, **fields},
-                              separators=(",", ":"), ensure_ascii=False, default=str)
-        return super().format(record)
-
-
-def configure(level: str = "INFO", fmt: str = "text") -> None:
-    """Replaces the root handlers with one stderr handler in ``fmt`` ("text" or "json")."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
-    root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
-    root.addHandler(handler)
-    root.setLevel(level)
-
-
 def log_request(fields: dict[str, Any]) -> None:
-    """One line for one finished request (INFO: ``--log-level WARNING`` silences it)."""
-    if request_log.isEnabledFor(logging.INFO):
-        request_log.info("request finished", extra={"fields": {"event": "request", **fields}})
+    """One line for one finished Generate request (INFO: ``--log-level WARNING`` silences it)."""
+    _log_request(request_log, fields)

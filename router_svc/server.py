@@ -53,7 +53,7 @@ def listen_credentials(cfg: RouterConfig) -> grpc.ServerCredentials | None:
     """TLS (mutual TLS with a client CA) for the router's port; None serves plaintext."""
     if not cfg.tls:
         return None
-    from expert_svc.tls import server_credentials
+    from service_base.tls import server_credentials
 
     try:
         return server_credentials(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca, cfg.mutual_tls)
@@ -107,7 +107,7 @@ def native_tls(cfg: RouterConfig) -> tuple[bytes, bytes, bytes | None, bool] | N
     """The router port's TLS files as PEM bytes for the native server (None: plaintext)."""
     if not cfg.tls:
         return None
-    from expert_svc.tls import read_pem
+    from service_base.tls import read_pem
 
     try:
         ca = read_pem(cfg.tls_client_ca, "client CA") if cfg.tls_client_ca else None

@@ -13,19 +13,15 @@ from __future__ import annotations
 import functools
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 import grpc
 import numpy as np
-from google.protobuf.message import DecodeError
 
 import core
 from expert_router.v1 import expert_router_pb2 as pb
-from expert_svc.convert import MAX_REQUEST_ID_CHARS, check_prompt, check_sampling
-from expert_svc.errors import InvalidRequestError
 from router_svc.admission import Admission, Permit
 from router_svc.batching import MicroBatcher
 from router_svc.config import RouterConfig
@@ -48,6 +44,8 @@ from router_svc.upstream import (
     release_replica,
     upstream_error,
 )
+from service_base.parsing import UndecodableRequest, parse_request, tolerant_parser
+from service_base.rules import REQUEST_ID_KEY, check_prompt, check_sampling, resolve_request_id
 
 if TYPE_CHECKING:
     from router_svc.auth import TokenAuth
@@ -57,7 +55,6 @@ SERVICE_NAME = "expert_router.v1.Router"
 GENERATE_METHOD = f"/{SERVICE_NAME}/Generate"
 # Only the latest user turns decide what a conversation is about.
 CLASSIFIED_USER_TURNS = 3
-REQUEST_ID_KEY = "x-request-id"
 # Trace context (W3C) is passed through to the expert unchanged.
 TRACE_KEYS = ("traceparent", "tracestate")
 EOF = grpc.aio.EOF
@@ -72,12 +69,8 @@ class ScoringClassifier(Protocol):
 
 
 def validate_prompt(prompt: str, messages: Sequence[pb.ChatMessage], max_prompt_bytes: int) -> None:
-    """The expert's prompt rules (one rule set for both services), plus one of the router's own:
-    there must be text to classify."""
-    try:
-        check_prompt(prompt, messages, max_prompt_bytes)
-    except InvalidRequestError as exc:
-        raise InvalidRequest(str(exc)) from None
+    """The shared prompt rules, plus one of the router's own: there must be text to classify."""
+    check_prompt(prompt, messages, max_prompt_bytes)
     if not messages and not prompt.strip():
         raise InvalidRequest("the prompt is only whitespace; send some text")
     if messages and not any(message.content.strip() for message in messages):
@@ -90,10 +83,7 @@ def validate_generate_request(request: pb.GenerateRequest, max_prompt_bytes: int
     Only what the expert's context length decides (max_tokens) is left to the expert.
     """
     validate_prompt(request.prompt, request.messages, max_prompt_bytes)
-    try:
-        check_sampling(request.sampling)
-    except InvalidRequestError as exc:
-        raise InvalidRequest(str(exc)) from None
+    check_sampling(request.sampling)
 
 
 def classification_text(prompt: str, messages: Sequence[pb.ChatMessage]) -> str:
@@ -137,7 +127,8 @@ class Route:
 
 
 class ExpertChooser:
-    """Scores prompts (micro-batched, off the event loop) and decides the expert."""
+    """Scores prompts through the MicroBatcher (a lone short prompt inline once the model has
+    proved fast, concurrent ones batched in a thread) and decides the expert."""
 
     def __init__(self, classifier: ScoringClassifier, batcher: MicroBatcher, *, experts: Sequence[str],
                  fallback: str, min_confidence: float, failover_margin: float = 0.0,
@@ -233,20 +224,9 @@ async def open_first_candidate(state: RouterState, route: Route, permit: Permit,
 def _request_metadata(metadata: Sequence[tuple[str, str]] | None,
                       message: pb.GenerateRequest) -> tuple[str, list[tuple[str, str]]]:
     """The request id (header, else the message's request_id, else a new one) and what goes upstream."""
-    request_id = ""
-    forwarded: list[tuple[str, str]] = []
-    for key, value in metadata or ():
-        if key == REQUEST_ID_KEY:
-            request_id = value
-        elif key in TRACE_KEYS:
-            forwarded.append((key, value))
-    request_id = request_id or message.request_id
-    if request_id:
-        if (len(request_id) > MAX_REQUEST_ID_CHARS or not request_id.isascii()
-                or not request_id.isprintable()):
-            raise InvalidRequest(f"x-request-id must be 1-{MAX_REQUEST_ID_CHARS} printable ASCII characters")
-    else:
-        request_id = uuid.uuid4().hex
+    metadata = metadata or ()
+    request_id = resolve_request_id(metadata, message.request_id)
+    forwarded = [(key, value) for key, value in metadata if key in TRACE_KEYS]
     forwarded.append((REQUEST_ID_KEY, request_id))
     return request_id, forwarded
 
@@ -290,10 +270,7 @@ class RouterServicer:
         message = None
         try:
             try:
-                try:
-                    message = pb.GenerateRequest.FromString(request)
-                except DecodeError as exc:
-                    raise InvalidRequest(f"the request is not a valid GenerateRequest: {exc}") from None
+                message = parse_request(pb.GenerateRequest, request)
                 request_id, forwarded = _request_metadata(context.invocation_metadata(), message)
                 validate_generate_request(message, state.cfg.max_prompt_bytes)
                 self._admission.refuse_if_full()
@@ -402,10 +379,7 @@ class RouterServicer:
                     rejection = self.auth.authorize(GENERATE_METHOD, call.metadata)
                     if rejection is not None:
                         raise Rejected(rejection)
-                try:
-                    message = pb.GenerateRequest.FromString(call.request)
-                except DecodeError as exc:
-                    raise InvalidRequest(f"the request is not a valid GenerateRequest: {exc}") from None
+                message = parse_request(pb.GenerateRequest, call.request)
                 request_id, forwarded = _request_metadata(call.metadata, message)
                 validate_generate_request(message, state.cfg.max_prompt_bytes)
                 self._admission.refuse_if_full()
@@ -483,14 +457,13 @@ class RouterServicer:
         assert first_error is not None  # candidates() is never empty
         raise first_error
 
-    async def Classify(self, request: pb.ClassifyRequest | None,
+    async def Classify(self, request: pb.ClassifyRequest | UndecodableRequest,
                        context: grpc.aio.ServicerContext) -> pb.ClassifyResponse:
         state = self.state
         state.active += 1  # a reload closes this generation's batcher only once nothing uses it
         try:
-            if request is None:
-                raise InvalidRequest("the request is not a valid ClassifyRequest; send a serialized "
-                                     "expert_router.v1.ClassifyRequest")
+            if isinstance(request, UndecodableRequest):
+                raise request.error()
             validate_prompt(request.prompt, request.messages, state.cfg.max_prompt_bytes)
             decision = await state.chooser.decide(classification_text(request.prompt, request.messages))
         except Exception as exc:  # noqa: BLE001 - the error table, as in Generate
@@ -504,8 +477,10 @@ class RouterServicer:
             fallback=decision.fallback,
         )
 
-    async def ListExperts(self, request: pb.ListExpertsRequest,
+    async def ListExperts(self, request: pb.ListExpertsRequest | UndecodableRequest,
                           context: grpc.aio.ServicerContext) -> pb.ListExpertsResponse:
+        if isinstance(request, UndecodableRequest):
+            await abort_with(context, request.error())
         state = self.state
         experts = []
         for name, replicas in state.upstream.status():
@@ -524,20 +499,9 @@ class RouterServicer:
             "Generate": grpc.unary_stream_rpc_method_handler(
                 self.Generate, request_deserializer=None, response_serializer=None),
             "Classify": grpc.unary_unary_rpc_method_handler(
-                self.Classify, request_deserializer=_parse_classify_request,
+                self.Classify, request_deserializer=tolerant_parser(pb.ClassifyRequest),
                 response_serializer=pb.ClassifyResponse.SerializeToString),
             "ListExperts": grpc.unary_unary_rpc_method_handler(
-                self.ListExperts, request_deserializer=pb.ListExpertsRequest.FromString,
+                self.ListExperts, request_deserializer=tolerant_parser(pb.ListExpertsRequest),
                 response_serializer=pb.ListExpertsResponse.SerializeToString),
         })
-
-
-def _parse_classify_request(data: bytes) -> pb.ClassifyRequest | None:
-    """None for bytes that are not a ClassifyRequest: the handler answers INVALID_ARGUMENT.
-
-    grpcio would turn a deserializer's exception into UNKNOWN, which reads as a router bug.
-    """
-    try:
-        return pb.ClassifyRequest.FromString(data)
-    except DecodeError:
-        return None

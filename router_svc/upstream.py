@@ -33,6 +33,7 @@ from router_svc.config import UpstreamExpert, parse_address
 from router_svc.discovery import DnsWatcher, Resolver, resolve
 from router_svc.errors import ExpertUnavailable, UnknownExpert, UpstreamError
 from router_svc.metrics import RouterMetrics
+from service_base.tasks import cancel_and_wait
 
 log = logging.getLogger("router_svc.upstream")
 
@@ -98,7 +99,7 @@ class UpstreamSettings:
     def from_config(cls, cfg) -> UpstreamSettings:
         credentials = tls_pem = None
         if getattr(cfg, "upstream_tls", False):
-            from expert_svc.tls import channel_credentials, read_pem
+            from service_base.tls import channel_credentials, read_pem
 
             credentials = channel_credentials(cfg.upstream_tls_ca, cfg.upstream_tls_cert, cfg.upstream_tls_key)
             tls_pem = (read_pem(cfg.upstream_tls_ca, "server CA"),
@@ -254,11 +255,7 @@ class Replica:
     async def close(self, grace: float | None = None) -> None:
         self._closing = True
         if self._watcher is not None:
-            self._watcher.cancel()
-            try:
-                await self._watcher
-            except asyncio.CancelledError:
-                pass
+            await cancel_and_wait(self._watcher)
         await self.channel.close(grace)
 
 
@@ -274,11 +271,9 @@ class ReplicaStatus:
 class ExpertPool:
     """The replicas of one expert: a fixed list, or whatever its DNS name resolves to now."""
 
-    def __init__(self, expert: UpstreamExpert, settings: UpstreamSettings | int, *,
+    def __init__(self, expert: UpstreamExpert, settings: UpstreamSettings, *,
                  metrics: RouterMetrics | None = None, resolver: Resolver = resolve,
                  rng: random.Random | None = None) -> None:
-        if isinstance(settings, int):  # max_message_bytes, as tests and older callers pass it
-            settings = UpstreamSettings(max_message_bytes=settings)
         self.name = expert.name
         self.spec = expert
         self._settings = settings

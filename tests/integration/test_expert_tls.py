@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from expert_router.v1 import expert_router_pb2 as pb
 from expert_router.v1 import expert_router_pb2_grpc as pb_grpc
 from expert_svc.server import start
-from expert_svc.tls import channel_credentials
+from service_base.tls import channel_credentials
 from tests.certs import make_pki
 from tests.expert_helpers import collect, request, synthetic_config
 

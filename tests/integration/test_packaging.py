@@ -72,6 +72,9 @@ def test_wheel_from_clean_tree_has_compiled_core_and_stubs(tmp_path: Path) -> No
         assert any(n.startswith("router_svc/_relay.") and n.endswith(".so") for n in names)
     for stub in ("expert_router_pb2.py", "expert_router_pb2.pyi", "expert_router_pb2_grpc.py"):
         assert f"expert_router/v1/{stub}" in names
+    # Both services import the shared base: a wheel without it serves nothing.
+    for module in ("errors", "logs", "parsing", "rules", "tls"):
+        assert f"service_base/{module}.py" in names
     if (ROOT / "router_svc" / "classifier_data" / "model.onnx").exists():
         assert "router_svc/classifier_data/model.onnx" in names
         assert "router_svc/classifier_data/metadata.json" in names

@@ -75,7 +75,7 @@ ROWS = [
     Row("an empty stop string", lambda: sampling(stop=["ok", ""]), INVALID,
         "sampling.stop[1] is empty; remove it or give a non-empty string"),
     Row("request_id over 128 characters", lambda: pb.GenerateRequest(request_id="r" * 129, prompt="hi"),
-        INVALID, "request_id has 129 characters; at most 128"),
+        INVALID, "request_id must be 1-128 printable ASCII characters, got 129 characters"),
     Row("message over the gRPC size limit (default 4 MiB)", lambda: request("m" * (4 * 1024 * 1024 + 10)),
         grpc.StatusCode.RESOURCE_EXHAUSTED, "Received message larger than max"),
     Row("message over a configured gRPC size limit (--max-message-bytes 65536)",

@@ -83,7 +83,7 @@ ROWS: dict[str, Row] = {
         metadata=(("x-request-id", "r" * 129),)),
     "request_id field over 128 characters": Row(
         pb.GenerateRequest(prompt="hi", request_id="r" * 129), INVALID,
-        "x-request-id must be 1-128 printable ASCII characters"),
+        "request_id must be 1-128 printable ASCII characters, got 129 characters"),
     "message over the gRPC size limit (default 4 MiB)": Row(
         sampled("a" * (4 * 1024 * 1024 + 10)), grpc.StatusCode.RESOURCE_EXHAUSTED,
         "Received message larger than max (4194321 vs. 4194304)"),
@@ -156,8 +156,9 @@ async def test_binary_metadata_with_random_bytes_is_ignored(router_for, channels
 
 
 @pytest.mark.parametrize(("body", "fragment"), [
-    (b"\x07" * 70, "the request is not a valid GenerateRequest"),
-    (b"\x0a\x02\xff\xfe", "the request is not a valid GenerateRequest"),  # prompt that is not UTF-8
+    (b"\x07" * 70, ("the request body (70 bytes) is not a valid expert_router.v1.GenerateRequest message "
+                    "(Wire format was corrupt)")),
+    (b"\x0a\x02\xff\xfe", "is not a valid expert_router.v1.GenerateRequest message (String field had bad UTF-8)"),
 ], ids=["random bytes", "prompt not UTF-8"])
 async def test_undecodable_body_is_invalid_argument(body: bytes, fragment: str, router_for, channels) -> None:
     router, _ = await router_for({})
@@ -206,7 +207,20 @@ async def test_undecodable_classify_body_is_invalid_argument(router_for, channel
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await raw(b"\x07" * 70, timeout=DEADLINE_S)
     assert info.value.code() == INVALID, info.value  # not UNKNOWN: a client's bytes are not a router bug
-    assert "the request is not a valid ClassifyRequest" in info.value.details()
+    assert "is not a valid expert_router.v1.ClassifyRequest message" in info.value.details()
     classified = await pb_grpc.RouterStub(channel).Classify(pb.ClassifyRequest(prompt="solve x"), timeout=DEADLINE_S)
     assert classified.expert == "general"
     await assert_good_request_succeeds(pb_grpc.RouterStub(channel))
+
+
+async def test_undecodable_list_experts_body_is_invalid_argument(router_for, channels) -> None:
+    router, _ = await router_for({})
+    channel = channels(router.address)
+    raw = channel.unary_unary("/expert_router.v1.Router/ListExperts", request_serializer=None,
+                              response_deserializer=None)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await raw(b"\x07" * 70, timeout=DEADLINE_S)
+    assert info.value.code() == INVALID, info.value  # grpcio alone would answer UNKNOWN
+    assert "is not a valid expert_router.v1.ListExpertsRequest message" in info.value.details()
+    listed = await pb_grpc.RouterStub(channel).ListExperts(pb.ListExpertsRequest(), timeout=DEADLINE_S)
+    assert [expert.name for expert in listed.experts] == ["general"]

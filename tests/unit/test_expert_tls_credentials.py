@@ -7,7 +7,7 @@ import pytest
 
 from expert_svc.__main__ import main
 from expert_svc.config import ExpertConfig, config_from_args
-from expert_svc.tls import channel_credentials, server_credentials
+from service_base.tls import channel_credentials, server_credentials
 from tests.certs import make_pki
 
 

@@ -91,6 +91,21 @@ async def test_permit_moves_only_to_an_expert_with_room() -> None:
     assert admission.total == 0
 
 
+async def test_a_move_lets_a_waiter_for_the_freed_expert_in() -> None:
+    admission = Admission(AdmissionLimits(max_in_flight=3, max_in_flight_per_expert=1, queue_size=1,
+                                          queue_timeout_s=5.0))
+    permit = await admission.acquire("math")
+    waiter = asyncio.create_task(admission.acquire("math"))
+    await settle()
+    assert admission.queued == 1 and not waiter.done()
+    assert permit.move("general")  # the stream fails over: its math slot is free now
+    second = await asyncio.wait_for(waiter, 1.0)
+    assert (admission.total, admission.per_expert["math"], admission.per_expert["general"]) == (2, 1, 1)
+    second.release()
+    permit.release()
+    assert (admission.total, admission.per_expert["math"], admission.per_expert["general"]) == (0, 0, 0)
+
+
 async def test_full_router_refuses_before_any_routing_work_unless_the_queue_has_room() -> None:
     admission = Admission(AdmissionLimits(max_in_flight=1, queue_size=1, queue_timeout_s=5))
     admission.refuse_if_full()  # room: no error

@@ -32,3 +32,43 @@ def test_router_metrics_bind_children_once_and_have_own_registry() -> None:
     first.expert("math").frames.inc(3)
     assert first.registry.get_sample_value("router_frames_relayed_total", {"expert": "math"}) == 3
     assert second.registry.get_sample_value("router_frames_relayed_total", {"expert": "math"}) is None
+
+
+MULTIPROCESS_CHECK = """
+import random, sys
+from prometheus_client import CollectorRegistry, Histogram, generate_latest, multiprocess
+from router_svc.metrics import ITL_BOUNDS, ITL_BUCKETS, add_observations, itl_bucket
+
+gaps = [random.Random(11).uniform(0, 3) for _ in range(300)] + list(ITL_BUCKETS)
+direct = Histogram("itl_direct", "x", buckets=ITL_BUCKETS)
+bulk = Histogram("itl_bulk", "x", buckets=ITL_BUCKETS)
+for gap in gaps:
+    direct.observe(gap)
+counts = [0] * len(ITL_BOUNDS)
+for gap in gaps:
+    counts[itl_bucket(gap)] += 1
+add_observations(bulk, counts, sum(gaps))
+registry = CollectorRegistry()
+multiprocess.MultiProcessCollector(registry)
+text = generate_latest(registry).decode()
+def lines(name):
+    return sorted(line.replace(name, "itl") for line in text.splitlines() if line.startswith(name + "_"))
+assert lines("itl_direct") == lines("itl_bulk") and len(lines("itl_bulk")) == len(ITL_BOUNDS) + 2, text
+print("ok", len(lines("itl_bulk")))
+"""
+
+
+def test_bulk_add_matches_observe_in_multiprocess_mode(tmp_path) -> None:
+    """With ``--workers`` the values live in prometheus-client's multiprocess files (another value
+    class, chosen at import from PROMETHEUS_MULTIPROC_DIR): the bulk add must agree there too."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", MULTIPROCESS_CHECK], cwd=root, env=env, capture_output=True, check=False,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["ok", str(len(ITL_BOUNDS) + 2)]

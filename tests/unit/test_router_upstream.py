@@ -6,13 +6,15 @@ import pytest
 
 from router_svc.config import UpstreamExpert
 from router_svc.errors import ExpertUnavailable, UnknownExpert
-from router_svc.upstream import ExpertPool, UpstreamPool, channel_options
+from router_svc.upstream import ExpertPool, UpstreamPool, UpstreamSettings, channel_options
+
+SETTINGS = UpstreamSettings(max_message_bytes=1 << 20)
 
 
 @pytest.fixture
 async def pool():
     # Channels connect lazily: nothing touches the network until a call is made.
-    expert_pool = ExpertPool(UpstreamExpert("math", ("10.0.0.1:1", "10.0.0.2:1", "10.0.0.3:1")), 1 << 20)
+    expert_pool = ExpertPool(UpstreamExpert("math", ("10.0.0.1:1", "10.0.0.2:1", "10.0.0.3:1")), SETTINGS)
     yield expert_pool
     for replica in expert_pool.replicas:
         await replica.close()
@@ -72,7 +74,7 @@ async def test_power_of_two_choices_with_many_replicas() -> None:
     from router_svc.upstream import P2C_THRESHOLD
 
     addresses = tuple(f"10.0.1.{i}:1" for i in range(P2C_THRESHOLD + 4))
-    pool = ExpertPool(UpstreamExpert("math", addresses), 1 << 20, rng=random.Random(3))
+    pool = ExpertPool(UpstreamExpert("math", addresses), SETTINGS, rng=random.Random(3))
     try:
         for i, replica in enumerate(pool.replicas):
             replica.outstanding = i
@@ -87,7 +89,7 @@ async def test_power_of_two_choices_with_many_replicas() -> None:
 
 
 async def test_set_addresses_keeps_known_replicas_and_retires_the_rest() -> None:
-    pool = ExpertPool(UpstreamExpert("math", dns="math.test:1"), 1 << 20)
+    pool = ExpertPool(UpstreamExpert("math", dns="math.test:1"), SETTINGS)
     pool.set_addresses(["10.0.0.1:1", "10.0.0.2:1"])
     first = pool.replicas[0]
     first.outstanding = 1  # a stream in flight on it

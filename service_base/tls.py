@@ -1,6 +1,6 @@
 """TLS and mutual-TLS credentials for gRPC servers and channels, loaded from PEM files.
 
-Shared by the expert and the router. Files are checked before gRPC sees them: gRPC accepts a
+Used by the expert and the router. Files are checked before gRPC sees them: gRPC accepts a
 mismatched key or a file that is not PEM at construction time and only fails later, at every
 handshake, with a log line far from the cause. Here such mistakes are a ValueError at startup
 that names the file and says what is wrong with it.
