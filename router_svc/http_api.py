@@ -55,7 +55,7 @@ from router_svc.auth import ROUTER_SERVICE, TokenAuth
 from router_svc.config import RouterConfig, parse_address
 from router_svc.errors import RETRY_AFTER_KEY, UpstreamError, status_for
 from router_svc.logging_setup import log_request, request_log
-from router_svc.metrics import ITL_BOUNDS, RouterMetrics, add_observations, itl_bucket
+from router_svc.metrics import ITL_BOUNDS, RouterMetrics, itl_bucket
 from router_svc.openai_compat import (
     AUTO_MODEL,
     ApiError,
@@ -407,19 +407,8 @@ class HttpFrontDoor:
             if permit is not None:
                 permit.release()
             state.active -= 1
-            if expert_metrics is not None:
-                expert_metrics.in_flight.dec()
-                if ttft is not None:
-                    expert_metrics.ttft.observe(ttft)
-                if frames:
-                    expert_metrics.frames.inc(frames)
-                if frames > 1:
-                    add_observations(expert_metrics.itl, gaps, gap_sum)
-                expert_metrics.request_done(code)
-            elif route is not None:
-                self._metrics.expert(route.expert).request_done(code)
-            else:
-                self._metrics.rejected_before_routing(code)
+            self._metrics.generate_done(route.expert if route else None, expert_metrics is not None, code, ttft,
+                                        frames, gaps, gap_sum)
             if request_log.isEnabledFor(logging.INFO):
                 self._log(request, request_id, route, stream, code, ttft, frames, received, parsed, texts)
 

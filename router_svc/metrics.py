@@ -121,6 +121,28 @@ class RouterMetrics:
     def rejected_before_routing(self, code: grpc.StatusCode) -> None:
         self.requests.labels("", code.name).inc()
 
+    def generate_done(self, expert: str | None, relayed: bool, code: grpc.StatusCode, ttft: float | None,
+                      frames: int, gaps: Sequence[int], gap_sum: float) -> None:
+        """One Generate's accounting, once at its end, whichever door and relay served it.
+
+        ``expert``: where it was routed (None: refused before routing). ``relayed``: an upstream
+        stream was opened for it, which counted it in ``in_flight``; only then do its time to first
+        token, frames and inter-token gaps (``gaps`` in ``ITL_BOUNDS`` buckets) exist.
+        """
+        if expert is None:
+            self.rejected_before_routing(code)
+            return
+        metrics = self.expert(expert)
+        if relayed:
+            metrics.in_flight.dec()
+            if ttft is not None:
+                metrics.ttft.observe(ttft)
+            if frames:
+                metrics.frames.inc(frames)
+            if frames > 1:
+                add_observations(metrics.itl, gaps, gap_sum)
+        metrics.request_done(code)
+
     def upstream_error(self, expert: str, code: grpc.StatusCode) -> None:
         self.upstream_errors.labels(expert, code.name).inc()
 

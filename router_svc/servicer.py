@@ -35,7 +35,7 @@ from router_svc.errors import (
     status_for,
 )
 from router_svc.logging_setup import log_request, request_log
-from router_svc.metrics import ITL_BOUNDS, RouterMetrics, add_observations, itl_bucket
+from router_svc.metrics import ITL_BOUNDS, RouterMetrics, itl_bucket
 from router_svc.upstream import (
     Replica,
     UpstreamFailure,
@@ -323,19 +323,8 @@ class RouterServicer:
             if permit is not None:
                 permit.release()
             state.active -= 1
-            if expert_metrics is not None:
-                expert_metrics.in_flight.dec()
-                if ttft is not None:
-                    expert_metrics.ttft.observe(ttft)
-                if frames:
-                    expert_metrics.frames.inc(frames)
-                if frames > 1:
-                    add_observations(expert_metrics.itl, gaps, gap_sum)
-                expert_metrics.request_done(code)
-            elif route is not None:
-                self._metrics.expert(route.expert).request_done(code)
-            else:
-                self._metrics.rejected_before_routing(code)
+            self._metrics.generate_done(route.expert if route else None, expert_metrics is not None, code, ttft,
+                                        frames, gaps, gap_sum)
             if request_log.isEnabledFor(logging.INFO):
                 self._log(request_id, route, stream.replica.address if stream else "",
                           stream.attempts if stream else 0, code, ttft, frames, received, message, outputs)
@@ -370,7 +359,6 @@ class RouterServicer:
         permit: Permit | None = None
         replica: Replica | None = None
         attempts = 0
-        expert_metrics = None
         message = None
         done: StreamDone | None = None
         try:
@@ -401,21 +389,8 @@ class RouterServicer:
             if permit is not None:
                 permit.release()
             state.active -= 1
-            if route is not None and replica is not None:
-                expert_metrics = self._metrics.expert(route.expert)
-                expert_metrics.in_flight.dec()
-                if done is not None:
-                    if done.ttft is not None:
-                        expert_metrics.ttft.observe(done.ttft)
-                    if done.frames:
-                        expert_metrics.frames.inc(done.frames)
-                    if done.frames > 1:
-                        add_observations(expert_metrics.itl, done.gaps, done.gap_sum)
-                expert_metrics.request_done(code)
-            elif route is not None:
-                self._metrics.expert(route.expert).request_done(code)
-            else:
-                self._metrics.rejected_before_routing(code)
+            counters = (done.ttft, done.frames, done.gaps, done.gap_sum) if done is not None else (None, 0, (), 0.0)
+            self._metrics.generate_done(route.expert if route else None, replica is not None, code, *counters)
             if request_log.isEnabledFor(logging.INFO):
                 self._log(request_id, route, replica.address if replica else "", attempts, code,
                           done.ttft if done else None, done.frames if done else 0, received, message,

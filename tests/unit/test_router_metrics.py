@@ -72,3 +72,28 @@ def test_bulk_add_matches_observe_in_multiprocess_mode(tmp_path) -> None:
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["ok", str(len(ITL_BOUNDS) + 2)]
+
+
+def test_generate_done_accounts_refused_routed_and_relayed_requests() -> None:
+    import grpc
+
+    metrics = RouterMetrics()
+    sample = metrics.registry.get_sample_value
+    metrics.generate_done(None, False, grpc.StatusCode.INVALID_ARGUMENT, None, 0, (), 0.0)
+    assert sample("router_requests_total", {"expert": "", "code": "INVALID_ARGUMENT"}) == 1
+
+    # Routed, but no upstream stream was opened (e.g. no healthy replica): counted, nothing observed.
+    metrics.generate_done("math", False, grpc.StatusCode.UNAVAILABLE, None, 0, (), 0.0)
+    assert sample("router_requests_total", {"expert": "math", "code": "UNAVAILABLE"}) == 1
+    assert sample("router_ttft_seconds_count", {"expert": "math"}) == 0
+
+    # Relayed: the stream leaves in_flight, and its time to first token, frames and gaps are recorded.
+    metrics.expert("math").in_flight.inc()
+    gaps = [0] * len(ITL_BOUNDS)
+    gaps[itl_bucket(0.02)] = 2
+    metrics.generate_done("math", True, grpc.StatusCode.OK, 0.05, 3, gaps, 0.04)
+    assert sample("router_in_flight_streams", {"expert": "math"}) == 0
+    assert sample("router_ttft_seconds_count", {"expert": "math"}) == 1
+    assert sample("router_frames_relayed_total", {"expert": "math"}) == 3
+    assert sample("router_inter_token_seconds_count", {"expert": "math"}) == 2
+    assert sample("router_requests_total", {"expert": "math", "code": "OK"}) == 1
