@@ -46,9 +46,13 @@ P2C_THRESHOLD = 4
 SERVING = health_pb2.HealthCheckResponse.SERVING
 # Before the first frame these codes mean "this replica cannot take it now": another one may.
 RETRIED_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
-# Codes that count toward passive ejection (a bad request or a client deadline is not the replica's fault).
-FAILURE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN,
-                           grpc.StatusCode.DATA_LOSS})
+# Codes that count toward passive ejection: transport-level failures only. gRPC reports a refused
+# connection, a reset or closed socket and a server that went away as UNAVAILABLE, whichever relay
+# or door saw it. Not counted, because one request can cause them on a healthy replica:
+# INTERNAL and UNKNOWN (an expert's handler failing on one prompt, or raising an exception gRPC maps
+# to UNKNOWN), DATA_LOSS (gRPC's own library never produces it: only an application sends it, about
+# one request's data), and the client's own INVALID_ARGUMENT, DEADLINE_EXCEEDED or CANCELLED.
+FAILURE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE})
 
 
 # Keepalive on channels that carry Generate: detects a dead expert behind a quiet stream in about a

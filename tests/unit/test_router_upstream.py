@@ -5,8 +5,9 @@ import grpc
 import pytest
 
 from router_svc.config import UpstreamExpert
-from router_svc.errors import ExpertUnavailable, UnknownExpert
-from router_svc.upstream import ExpertPool, UpstreamPool, UpstreamSettings, channel_options
+from router_svc.errors import ExpertUnavailable, UnknownExpert, UpstreamError
+from router_svc.upstream import (ExpertPool, UpstreamFailure, UpstreamPool, UpstreamSettings, channel_options,
+                                 release_replica)
 
 SETTINGS = UpstreamSettings(max_message_bytes=1 << 20)
 
@@ -49,6 +50,40 @@ async def test_unhealthy_and_excluded_replicas_are_skipped(pool: ExpertPool) -> 
     assert isinstance(error, ExpertUnavailable) and error.code == grpc.StatusCode.UNAVAILABLE
     assert "expert 'math' is unavailable at 10.0.0.1:1, 10.0.0.2:1, 10.0.0.3:1" in str(error)
     assert "connection refused" in str(error)
+
+
+@pytest.mark.parametrize("code", [grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DATA_LOSS,
+                                  grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.DEADLINE_EXCEEDED])
+async def test_request_level_errors_never_eject_a_replica(pool: ExpertPool, code: grpc.StatusCode) -> None:
+    a = pool.replicas[0]
+    for _ in range(3 * SETTINGS.eject_after):
+        a.outstanding += 1
+        release_replica(a, code)
+    assert a.healthy and a.ejections == 0 and a.outstanding == 0
+
+
+async def test_transport_failures_eject_a_replica(pool: ExpertPool) -> None:
+    a = pool.replicas[0]
+    for _ in range(SETTINGS.eject_after):
+        a.outstanding += 1
+        release_replica(a, grpc.StatusCode.UNAVAILABLE)
+    assert not a.healthy and a.ejections == 1
+
+
+async def test_internal_before_the_first_frame_does_not_eject() -> None:
+    upstream = UpstreamPool([UpstreamExpert("math", ("10.0.0.1:1",))], settings=SETTINGS)
+    replica = upstream.expert("math").replicas[0]
+
+    async def bad_prompt(_replica, _remaining):
+        return UpstreamFailure(grpc.StatusCode.INTERNAL, "generation failed on this prompt")
+
+    try:
+        for _ in range(3 * SETTINGS.eject_after):
+            with pytest.raises(UpstreamError):
+                await upstream.try_replicas("math", None, bad_prompt)
+        assert replica.healthy and replica.ejections == 0 and replica.outstanding == 0
+    finally:
+        await upstream.close()
 
 
 async def test_unknown_expert_lists_the_known_ones() -> None:
