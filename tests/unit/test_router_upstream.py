@@ -86,6 +86,57 @@ async def test_internal_before_the_first_frame_does_not_eject() -> None:
         await upstream.close()
 
 
+def failing_pool(addresses: int, percent: int, caplog: pytest.LogCaptureFixture) -> ExpertPool:
+    caplog.set_level("WARNING", logger="router_svc.upstream")
+    settings = UpstreamSettings(max_message_bytes=1 << 20, eject_after=1, max_ejected_percent=percent)
+    replicas = tuple(f"10.0.0.{i}:1" for i in range(1, addresses + 1))
+    return ExpertPool(UpstreamExpert("math", replicas), settings)
+
+
+def fail(replica, times: int = 1) -> None:
+    for _ in range(times):
+        replica.outstanding += 1
+        release_replica(replica, grpc.StatusCode.UNAVAILABLE)
+
+
+async def test_ejection_is_capped_at_a_share_of_the_pool(caplog: pytest.LogCaptureFixture) -> None:
+    pool = failing_pool(4, 50, caplog)
+    try:
+        a, b, c, d = pool.replicas
+        fail(a)
+        fail(b)
+        assert not a.healthy and not b.healthy  # 2 of 4: the cap
+        fail(c, times=5)
+        assert c.healthy and c.ejections == 0 and pool.pick(exclude=[d]) is c  # over the cap: stays in
+        held = [r for r in caplog.records if "max_ejected_percent=50" in r.getMessage()]
+        assert len(held) == 1 and "10.0.0.3:1" in held[0].getMessage()  # logged once, not per failure
+        a.ejected_until = b.ejected_until = 0.0  # a's and b's backoff ended
+        fail(c)
+        assert not c.healthy and c.ejections == 1  # room again under the cap
+    finally:
+        await pool.close()
+
+
+def test_the_cap_comes_from_the_router_config() -> None:
+    from router_svc.config import RouterConfig
+
+    cfg = RouterConfig(experts=(UpstreamExpert("general", ("h:1",)),), max_ejected_percent=20)
+    assert UpstreamSettings.from_config(cfg).max_ejected_percent == 20
+
+
+@pytest.mark.parametrize(("addresses", "percent", "ejected"), [(1, 50, 1), (3, 50, 1), (3, 100, 3), (5, 0, 0),
+                                                                (10, 10, 1), (10, 30, 3)])
+async def test_ejection_cap_rounds_down_but_allows_one(addresses: int, percent: int, ejected: int,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    pool = failing_pool(addresses, percent, caplog)
+    try:
+        for replica in pool.replicas:
+            fail(replica, times=2)
+        assert sum(replica.ejected for replica in pool.replicas) == ejected
+    finally:
+        await pool.close()
+
+
 async def test_unknown_expert_lists_the_known_ones() -> None:
     upstream = UpstreamPool([UpstreamExpert("math", ("h:1",)), UpstreamExpert("law", ("h:2",))],
                             max_message_bytes=1 << 20, health_interval_s=1.0)
