@@ -152,6 +152,8 @@ class Replica:
         self._service = EXPERT_SERVICE
         # None until the first health answer: unknown replicas are tried (the retry covers a wrong guess).
         self.serving: bool | None = None
+        # Set while no stream holds the replica: a retired replica closes its channel on it.
+        self._idle = asyncio.Event()
         self.outstanding = 0
         self.failures = 0
         self.ejections = 0
@@ -160,6 +162,24 @@ class Replica:
         self.first_status = asyncio.Event()
         self._watcher: asyncio.Task[None] | None = None
         self._closing = False
+
+    @property
+    def outstanding(self) -> int:
+        """Streams (and attempts) holding this replica now."""
+        return self._outstanding
+
+    @outstanding.setter
+    def outstanding(self, value: int) -> None:
+        self._outstanding = value
+        if value:
+            self._idle.clear()
+        else:
+            self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Returns once no stream holds the replica."""
+        while self._outstanding:
+            await self._idle.wait()
 
     @property
     def healthy(self) -> bool:
@@ -349,8 +369,7 @@ class ExpertPool:
             task.add_done_callback(self._retiring.discard)
 
     async def _retire(self, replica: Replica) -> None:
-        while replica.outstanding:
-            await asyncio.sleep(0.05)
+        await replica.wait_idle()
         await replica.close()
 
     async def start(self) -> None:
