@@ -36,6 +36,8 @@ DEFAULT_DNS_REFRESH_S = 10.0
 DEFAULT_EJECT_AFTER = 3
 DEFAULT_EJECT_BASE_S = 1.0
 DEFAULT_EJECT_MAX_S = 30.0
+# At most this share of an expert's replicas is ejected at once (at least one may always be).
+DEFAULT_MAX_EJECTED_PERCENT = 50
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_FAILOVER_MARGIN = 0.1
 DEFAULT_MAX_IN_FLIGHT = 1024
@@ -85,6 +87,7 @@ class RouterConfig:
     eject_after: int = DEFAULT_EJECT_AFTER
     eject_base_s: float = DEFAULT_EJECT_BASE_S
     eject_max_s: float = DEFAULT_EJECT_MAX_S
+    max_ejected_percent: int = DEFAULT_MAX_EJECTED_PERCENT
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     failover_margin: float = DEFAULT_FAILOVER_MARGIN
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
@@ -156,6 +159,10 @@ class RouterConfig:
         _check_int("eject_after", self.eject_after, 1)
         _check_number("eject_base_s", self.eject_base_s, 0.0, 3600.0)
         _check_number("eject_max_s", self.eject_max_s, self.eject_base_s, 86400.0)
+        if isinstance(self.max_ejected_percent, bool) or not isinstance(self.max_ejected_percent, int):
+            raise ConfigError(f"max_ejected_percent: expected an integer in [0, 100], "
+                              f"got {self.max_ejected_percent!r}")
+        _check_number("max_ejected_percent", self.max_ejected_percent, 0, 100)
         _check_int("max_attempts", self.max_attempts, 1)
         _check_number("failover_margin", self.failover_margin, 0.0, 1.0)
         _check_int("max_in_flight", self.max_in_flight, 0)
@@ -285,6 +292,7 @@ _FILE_KEYS: dict[str, str] = {
     "eject_after": "eject_after",
     "eject_base_s": "eject_base_s",
     "eject_max_s": "eject_max_s",
+    "max_ejected_percent": "max_ejected_percent",
     "max_attempts": "max_attempts",
     "failover_margin": "failover_margin",
     "max_in_flight": "max_in_flight",
@@ -313,7 +321,8 @@ _STRING_KEYS = ("listen", "fallback", "metrics_listen", "http_listen", "log_form
 # Paths: relative ones are taken relative to the config file's folder, like ``classifier``.
 _PATH_KEYS = ("tls_cert", "tls_key", "tls_client_ca", "upstream_tls_ca", "upstream_tls_cert", "upstream_tls_key",
               "auth_tokens")
-_INT_KEYS = ("max_prompt_bytes", "max_message_bytes", "max_batch", "eject_after", "max_attempts",
+_INT_KEYS = ("max_prompt_bytes", "max_message_bytes", "max_batch", "eject_after", "max_ejected_percent",
+             "max_attempts",
              "max_in_flight", "max_in_flight_per_expert", "queue_size", "retry_after_ms", "workers",
              "relay_threads")
 
@@ -456,6 +465,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-message-bytes", type=int, metavar="N",
                         help="gRPC message size limit, both directions, here and to the experts "
                              f"(default {DEFAULT_MAX_MESSAGE_BYTES})")
+    parser.add_argument("--max-ejected-percent", type=int, metavar="PCT",
+                        help="most replicas of one expert ejected at once after transport failures, as a "
+                             "percentage of its replicas, rounded down but at least one (0: never eject; "
+                             f"default {DEFAULT_MAX_EJECTED_PERCENT})")
     parser.add_argument("--no-reflection", dest="reflection", action="store_false", default=None,
                         help="do not serve gRPC server reflection (on by default so grpcurl works)")
     parser.add_argument("--relay", choices=RELAYS,
@@ -486,7 +499,8 @@ _FLAG_FIELDS = (("listen", "listen"), ("classifier", "classifier_dir"), ("fallba
                 ("queue_timeout_s", "queue_timeout_s"), ("grace_s", "grace_s"),
                 ("log_format", "log_format"), ("log_prompts", "log_prompts"),
                 ("max_prompt_bytes", "max_prompt_bytes"), ("max_message_bytes", "max_message_bytes"),
-                ("reflection", "reflection"), ("tls_cert", "tls_cert"), ("tls_key", "tls_key"),
+                ("reflection", "reflection"), ("max_ejected_percent", "max_ejected_percent"),
+                ("tls_cert", "tls_cert"), ("tls_key", "tls_key"),
                 ("tls_client_ca", "tls_client_ca"), ("upstream_tls_ca", "upstream_tls_ca"),
                 ("upstream_tls_cert", "upstream_tls_cert"), ("upstream_tls_key", "upstream_tls_key"),
                 ("auth_tokens", "auth_tokens"), ("relay", "relay"), ("relay_threads", "relay_threads"))

@@ -202,8 +202,7 @@ class RunningRouter:
     async def _retire(self, state: RouterState) -> None:
         """Closes an old generation once its last stream has ended (or at shutdown, when cancelled)."""
         try:
-            while state.active:
-                await asyncio.sleep(0.05)
+            await state.wait_idle()
         finally:
             await state.close()
             if self.native is not None:

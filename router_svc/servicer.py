@@ -10,11 +10,12 @@ disturbs a stream in flight.
 """
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 import grpc
@@ -191,7 +192,29 @@ class RouterState:
     upstream: UpstreamPool
     batcher: MicroBatcher
     generation: int = 1
-    active: int = field(default=0)
+
+    def __post_init__(self) -> None:
+        # Set while no call uses this generation: a replaced one closes on it (RunningRouter._retire).
+        self._idle = asyncio.Event()
+        self.active = 0
+
+    @property
+    def active(self) -> int:
+        """Calls (gRPC, native relay, HTTP) using this generation now."""
+        return self._active
+
+    @active.setter
+    def active(self, value: int) -> None:
+        self._active = value
+        if value:
+            self._idle.clear()
+        else:
+            self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Returns once no call uses this generation."""
+        while self._active:
+            await self._idle.wait()
 
     async def close(self, grace: float | None = None) -> None:
         await self.upstream.close(grace)

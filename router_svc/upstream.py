@@ -4,9 +4,13 @@ Each replica has its own channel and watches the standard ``grpc.health.v1`` ser
 a server stream: a status change reaches the router at once; the watch reconnects with backoff).
 On top of that, passive ejection: ``eject_after`` consecutive failures take a replica out of
 rotation for a backoff that doubles with each ejection up to ``eject_max_s``; it comes back when
-the backoff has passed and its health says SERVING. ``pick()`` returns the healthy replica with the
-fewest outstanding requests (ties rotate); with more than ``P2C_THRESHOLD`` candidates it compares
-two at random (power of two choices), which spreads load as well at O(1).
+the backoff has passed and its health says SERVING. Only transport failures count (FAILURE_CODES),
+and at most ``max_ejected_percent`` of an expert's replicas are ejected at once (at least one may
+be): when a whole pool fails together the fault is more likely the network or the requests than
+every replica, and keeping some in rotation keeps the expert answering. ``pick()`` returns the
+healthy replica with the fewest outstanding requests (ties rotate); with more than
+``P2C_THRESHOLD`` candidates it compares two at random (power of two choices), which spreads load
+as well at O(1).
 
 An expert's replicas are a fixed list or a DNS name re-resolved periodically; replicas that
 disappear from the answer leave rotation at once and close their channel when their last stream ends.
@@ -46,9 +50,13 @@ P2C_THRESHOLD = 4
 SERVING = health_pb2.HealthCheckResponse.SERVING
 # Before the first frame these codes mean "this replica cannot take it now": another one may.
 RETRIED_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
-# Codes that count toward passive ejection (a bad request or a client deadline is not the replica's fault).
-FAILURE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN,
-                           grpc.StatusCode.DATA_LOSS})
+# Codes that count toward passive ejection: transport-level failures only. gRPC reports a refused
+# connection, a reset or closed socket and a server that went away as UNAVAILABLE, whichever relay
+# or door saw it. Not counted, because one request can cause them on a healthy replica:
+# INTERNAL and UNKNOWN (an expert's handler failing on one prompt, or raising an exception gRPC maps
+# to UNKNOWN), DATA_LOSS (gRPC's own library never produces it: only an application sends it, about
+# one request's data), and the client's own INVALID_ARGUMENT, DEADLINE_EXCEEDED or CANCELLED.
+FAILURE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE})
 
 
 # Keepalive on channels that carry Generate: detects a dead expert behind a quiet stream in about a
@@ -87,6 +95,7 @@ class UpstreamSettings:
     eject_after: int = 3
     eject_base_s: float = 1.0
     eject_max_s: float = 30.0
+    max_ejected_percent: int = 50
     max_attempts: int = 3
     # TLS to the experts (None: plaintext), and the same as PEM bytes (CA, certificate, key) for the
     # native relay's channels.
@@ -110,7 +119,8 @@ class UpstreamSettings:
         health_only = getattr(cfg, "relay", "python") == "native" and native_relay.available()
         return cls(max_message_bytes=cfg.max_message_bytes, health_interval_s=cfg.health_interval_s,
                    dns_refresh_s=cfg.dns_refresh_s, eject_after=cfg.eject_after,
-                   eject_base_s=cfg.eject_base_s, eject_max_s=cfg.eject_max_s, max_attempts=cfg.max_attempts,
+                   eject_base_s=cfg.eject_base_s, eject_max_s=cfg.eject_max_s,
+                   max_ejected_percent=cfg.max_ejected_percent, max_attempts=cfg.max_attempts,
                    credentials=credentials, tls_pem=tls_pem,
                    keepalive_ms=HEALTH_ONLY_KEEPALIVE_MS if health_only else KEEPALIVE_MS)
 
@@ -119,12 +129,15 @@ class Replica:
     """One endpoint of an expert: its channel, health watch, ejection state and outstanding requests."""
 
     def __init__(self, expert: str, address: str, settings: UpstreamSettings, metrics: RouterMetrics, *,
-                 server_name: str | None = None) -> None:
+                 server_name: str | None = None, may_eject: Callable[[Replica], bool] | None = None) -> None:
         self.expert = expert
         self.address = address
         self.server_name = server_name
         self._settings = settings
         self._metrics = metrics
+        # The pool's ejection cap: asked before a passive ejection (None: no cap).
+        self._may_eject = may_eject
+        self._held_by_cap = False
         options = channel_options(settings.max_message_bytes, settings.health_interval_s, settings.keepalive_ms)
         if settings.credentials is None:
             self.channel = grpc.aio.insecure_channel(address, options=options)
@@ -139,6 +152,8 @@ class Replica:
         self._service = EXPERT_SERVICE
         # None until the first health answer: unknown replicas are tried (the retry covers a wrong guess).
         self.serving: bool | None = None
+        # Set while no stream holds the replica: a retired replica closes its channel on it.
+        self._idle = asyncio.Event()
         self.outstanding = 0
         self.failures = 0
         self.ejections = 0
@@ -147,6 +162,24 @@ class Replica:
         self.first_status = asyncio.Event()
         self._watcher: asyncio.Task[None] | None = None
         self._closing = False
+
+    @property
+    def outstanding(self) -> int:
+        """Streams (and attempts) holding this replica now."""
+        return self._outstanding
+
+    @outstanding.setter
+    def outstanding(self, value: int) -> None:
+        self._outstanding = value
+        if value:
+            self._idle.clear()
+        else:
+            self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Returns once no stream holds the replica."""
+        while self._outstanding:
+            await self._idle.wait()
 
     @property
     def healthy(self) -> bool:
@@ -165,13 +198,22 @@ class Replica:
     def record_success(self) -> None:
         self.failures = 0
         self.ejections = 0
+        self._held_by_cap = False
 
     def record_failure(self, reason: str) -> None:
         """One more consecutive failure; at ``eject_after`` of them the replica is ejected."""
         self.last_error = reason
         self.failures += 1
-        if self.failures >= self._settings.eject_after and not self.ejected:
-            self.eject(reason)
+        if self.failures < self._settings.eject_after or self.ejected:
+            return
+        if self._may_eject is not None and not self._may_eject(self):
+            if not self._held_by_cap:  # once per run of failures, not once per failed request
+                self._held_by_cap = True
+                log.warning("expert %r replica %s stays in rotation after %d failures (%s): ejecting it "
+                            "would exceed max_ejected_percent=%d", self.expert, self.address, self.failures,
+                            reason, self._settings.max_ejected_percent)
+            return
+        self.eject(reason)
 
     def eject(self, reason: str) -> None:
         """Out of rotation for base * 2^(ejections so far), capped."""
@@ -181,6 +223,7 @@ class Replica:
         self.failures = 0
         self.ejected_until = time.monotonic() + backoff
         self.last_error = reason
+        self._held_by_cap = False
         self._metrics.ejection(self.expert)
         log.warning("expert %r replica %s ejected for %.1f s: %s", self.expert, self.address, backoff, reason)
 
@@ -297,6 +340,15 @@ class ExpertPool:
     def healthy(self) -> bool:
         return any(replica.healthy for replica in self.replicas)
 
+    def _may_eject(self, replica: Replica) -> bool:
+        """Whether ejecting ``replica`` keeps the ejected share within ``max_ejected_percent``."""
+        percent = self._settings.max_ejected_percent
+        if percent <= 0:
+            return False
+        allowed = max(1, len(self.replicas) * percent // 100)
+        ejected = sum(1 for other in self.replicas if other is not replica and other.ejected)
+        return ejected < allowed
+
     def set_addresses(self, addresses: Iterable[str]) -> None:
         """New replicas join; missing ones leave rotation now and close after their last stream."""
         wanted = list(dict.fromkeys(addresses))
@@ -305,7 +357,8 @@ class ExpertPool:
         for address in wanted:
             replica = current.pop(address, None)
             if replica is None:
-                replica = Replica(self.name, address, self._settings, self._metrics, server_name=self._server_name)
+                replica = Replica(self.name, address, self._settings, self._metrics,
+                                  server_name=self._server_name, may_eject=self._may_eject)
                 if self._started:
                     replica.start()
             kept.append(replica)
@@ -316,8 +369,7 @@ class ExpertPool:
             task.add_done_callback(self._retiring.discard)
 
     async def _retire(self, replica: Replica) -> None:
-        while replica.outstanding:
-            await asyncio.sleep(0.05)
+        await replica.wait_idle()
         await replica.close()
 
     async def start(self) -> None:

@@ -151,12 +151,27 @@ def test_dns_experts_from_flags_and_yaml(tmp_path: Path) -> None:
     ("experts: {general: 'h:1'}\nmetrics_listen: 9100\n", "metrics_listen: expected a non-empty string"),
     ("experts: {general: 'h:1'}\neject_base_s: 5\neject_max_s: 1\n", "eject_max_s: expected a number in"),
     ("experts: {general: 'h:1'}\nlog_prompts: 'yes'\n", "log_prompts: expected true or false"),
+    ("experts: {general: 'h:1'}\nmax_ejected_percent: 101\n",
+     r"max_ejected_percent: expected a number in \[0, 100\]"),
+    ("experts: {general: 'h:1'}\nmax_ejected_percent: 0.5\n", "max_ejected_percent: expected an integer"),
     ("experts: {general: 'h:1'}\nhttp_listen: 8000\n", "http_listen: expected a non-empty string"),
     ("experts: {general: 'h:1'}\nhttp_listen: 'localhost'\n", "http_listen: expected HOST:PORT"),
 ])
 def test_bad_new_keys_are_named(tmp_path: Path, body: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse("--config", write(tmp_path, body))
+
+
+def test_max_ejected_percent_from_flag_and_yaml(tmp_path: Path) -> None:
+    assert parse().max_ejected_percent == 50
+    path = write(tmp_path, """
+        experts: {general: 'h:1'}
+        max_ejected_percent: 30
+    """)
+    assert parse("--config", path).max_ejected_percent == 30
+    assert parse("--config", path, "--max-ejected-percent", "0").max_ejected_percent == 0
+    with pytest.raises(ConfigError, match="max_ejected_percent"):
+        parse("--max-ejected-percent", "-1")
 
 
 def test_http_listen_from_flag_and_yaml(tmp_path: Path) -> None:
