@@ -136,6 +136,7 @@ class Call {
   void HandleGenerate(Op op, bool ok);
   void HandleForward(Op op, bool ok);
   void HandleUpstream(Op op, bool ok);
+  void ClientWriteDone(bool ok);
   void AwaitDecision(Event&& event);
   Upstream* OpenUpstream(const std::shared_ptr<grpc::Channel>& channel, const std::string& method);
   void ReadUpstream();
@@ -498,18 +499,7 @@ void Call::HandleGenerate(Op op, bool ok) {
       return;
     }
     case kClientWrite:
-      writing_ = false;
-      if (!ok) {
-        client_broken_ = true;
-        if (upstream_ != nullptr) upstream_->context.TryCancel();
-      } else if (frame_waiting_) {
-        frame_waiting_ = false;
-        read_buffer_.Swap(&write_buffer_);
-        WriteClient();
-        ReadUpstream();
-        return;
-      }
-      if (upstream_done_) FinishFromUpstream();
+      ClientWriteDone(ok);
       return;
     default:
       return;
@@ -528,22 +518,28 @@ void Call::HandleForward(Op op, bool ok) {
       }
       return;
     case kClientWrite:
-      writing_ = false;
-      if (!ok) {
-        client_broken_ = true;
-        upstream_->context.TryCancel();
-      } else if (frame_waiting_) {
-        frame_waiting_ = false;
-        read_buffer_.Swap(&write_buffer_);
-        WriteClient();
-        ReadUpstream();
-        return;
-      }
-      if (upstream_done_) FinishFromUpstream();
+      ClientWriteDone(ok);
       return;
     default:
       return;
   }
+}
+
+// A frame reached the client (or the client is gone): send the frame read meanwhile and read the
+// next one, so one write and one read stay in flight; the status goes out after the last write.
+void Call::ClientWriteDone(bool ok) {
+  writing_ = false;
+  if (!ok) {
+    client_broken_ = true;
+    if (upstream_ != nullptr) upstream_->context.TryCancel();
+  } else if (frame_waiting_) {
+    frame_waiting_ = false;
+    read_buffer_.Swap(&write_buffer_);
+    WriteClient();
+    ReadUpstream();
+    return;
+  }
+  if (upstream_done_) FinishFromUpstream();
 }
 
 void Call::HandleUpstream(Op op, bool ok) {
