@@ -8,7 +8,7 @@ import sys
 
 from service_base import logs
 
-from .config import config_from_args
+from .config import check_files, config_from_args
 from .errors import EngineStartupError
 from .server import preflight, serve
 
@@ -16,6 +16,7 @@ from .server import preflight, serve
 def main(argv: list[str] | None = None) -> int:
     try:
         cfg = config_from_args(argv)
+        check_files(cfg)
         # A wrong model directory is a usage error: named before anything is bound or imported.
         preflight(cfg)
     except (ValueError, EngineStartupError) as exc:

@@ -17,7 +17,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m router_svc",
                                      description="Classify prompts and relay them to the best expert.")
     config.add_arguments(parser)
-    parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     # Set by the supervisor for its workers: share the port, leave the metrics endpoint to the parent.
     parser.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     return parser
@@ -29,13 +28,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         cfg = config.from_sources(args)
+        config.check_files(cfg)
         if cfg.auth_tokens is not None:  # a bad token file stops the start, like a bad config
             from router_svc.auth import load_tokens
 
             load_tokens(cfg.auth_tokens)
     except config.ConfigError as exc:
         parser.error(str(exc))
-    logging_setup.configure(args.log_level, cfg.log_format)
+    logging_setup.configure(cfg.log_level, cfg.log_format)
 
     if cfg.workers > 1 and args.worker_index is None:
         from router_svc import workers
