@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from router_svc import config, logging_setup
+from service_base.lifetime import die_with_parent
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    die_with_parent()  # a worker of --workers N: before anything else (service_base.lifetime)
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
@@ -43,8 +45,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             return workers.supervise(cfg, argv)
         except OSError as exc:
+            logging_setup.flush()
             print(f"error: cannot start the router: {exc}", file=sys.stderr)
             return 1
+        finally:
+            logging_setup.shutdown()
 
     from router_svc import server
 
@@ -53,8 +58,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         asyncio.run(server.serve(cfg, load_config=lambda: config.from_sources(args), watch_path=args.config,
                                  reuse_port=worker, serve_metrics=not worker))
     except (OSError, ValueError) as exc:  # port taken, classifier artifact missing or invalid
+        logging_setup.flush()
         print(f"error: cannot start the router: {exc}", file=sys.stderr)
         return 1
+    finally:
+        logging_setup.shutdown()  # the last request lines are written before the process ends
     return 0
 
 

@@ -24,7 +24,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from router_svc.config import LOCAL_EXPERT_PORTS, LOCAL_HOST, LOCAL_ROUTER_PORT, RouterConfig, UpstreamExpert
-from router_svc.workers import die_with_parent
+from service_base.lifetime import child_env
 
 LOCAL_HTTP_PORT = 8000
 
@@ -82,7 +82,7 @@ async def _spawn(expert: ExpertProcess, args: argparse.Namespace) -> None:
     try:
         expert.process = await asyncio.create_subprocess_exec(
             *expert_command(expert, args), stdin=asyncio.subprocess.DEVNULL, stdout=log_fd,
-            stderr=asyncio.subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent,
+            stderr=asyncio.subprocess.STDOUT, start_new_session=True, env=child_env(),
         )
     finally:
         os.close(log_fd)
