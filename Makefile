@@ -58,7 +58,7 @@ run: install
 	$(PY) -m router_svc.local_stack $(ARGS)
 
 test: install $(QUANT_STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -p no:cacheprovider --durations=15 tests
 
 test-fast: install
 	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" tests

@@ -2,17 +2,18 @@
 (the parent gets no chance to stop it), and ends at once when its parent is already gone."""
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
 from service_base.lifetime import PARENT_PID_ENV, child_env
+from tests.helpers import eventually
 
 
 def gone(pid: int) -> bool:
@@ -22,16 +23,6 @@ def gone(pid: int) -> bool:
     except (FileNotFoundError, ProcessLookupError):
         return True
     return state in ("Z", "X")
-
-
-def wait_until(condition, timeout: float) -> bool:
-    """Polls ``condition`` (a hang guard, not a speed bound)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 # The parent: starts a real expert process the way `make run` does, reports its pid once the expert
@@ -52,17 +43,19 @@ PARENT = textwrap.dedent("""
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
-def test_kill_9_of_the_parent_ends_the_child() -> None:
-    parent = subprocess.Popen([sys.executable, "-c", PARENT], stdout=subprocess.PIPE, text=True)
+async def test_kill_9_of_the_parent_ends_the_child() -> None:
+    parent = await asyncio.create_subprocess_exec(sys.executable, "-c", PARENT, stdout=asyncio.subprocess.PIPE)
     child_pid = 0
     try:
-        child_pid = int(parent.stdout.readline())
+        child_pid = int(await asyncio.wait_for(parent.stdout.readline(), 60))
         assert not gone(child_pid)
         parent.kill()  # SIGKILL: the parent cannot forward anything
-        parent.wait(30)
-        assert wait_until(lambda: gone(child_pid), 30), "the child outlived its parent"
+        await parent.wait()
+        await eventually(lambda: gone(child_pid), what="the child ends after its parent")
     finally:
-        parent.kill()
+        if parent.returncode is None:
+            parent.kill()
+            await parent.wait()
         if child_pid and not gone(child_pid):
             os.kill(child_pid, signal.SIGKILL)
 

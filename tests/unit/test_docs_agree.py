@@ -63,6 +63,7 @@ WORK_ITEM = re.compile(r"\b(issue|round) #?\d+\b", re.IGNORECASE)
 SCANNED = ("*.md", "*.py", "*.proto", "*.pyx", "*.yaml", "*.toml", "Makefile")
 
 
+@pytest.mark.slow
 def test_no_text_points_at_work_items_a_reader_cannot_look_up() -> None:
     found = []
     for pattern in SCANNED:
