@@ -2,9 +2,9 @@
 
 Each expert runs ``python -m expert_svc`` in its own process group (so a terminal Ctrl-C reaches only
 this supervisor, which then stops the router first and the experts after it, in order) and is told
-to die with its parent (service_base.lifetime), so even ``kill -9`` of the supervisor leaves no orphans. The router runs in
-this process once every expert reports SERVING, with its OpenAI-compatible HTTP door on
-``127.0.0.1:8000`` (``--http-port``; 0 turns it off).
+to die with its parent (service_base.lifetime), so even ``kill -9`` of the supervisor leaves no
+orphans. The router runs in this process once every expert reports SERVING, with its
+OpenAI-compatible HTTP door on ``127.0.0.1:8000`` (``--http-port``; 0 turns it off).
 """
 from __future__ import annotations
 

@@ -90,3 +90,21 @@ def write_docs() -> None:
 if __name__ == "__main__":
     write_docs()
     sys.exit(0)
+
+
+def test_one_declaration_gives_the_check_the_flag_and_the_docs_their_words() -> None:
+    from service_base.settings import FLOAT, INT, Setting, accepts, add_flags, expected
+
+    workers = Setting("workers", "processes", kind=INT, default=1, low=1, flag="--workers", metavar="N")
+    share = Setting("share", "a share", kind=FLOAT, default=0.5, low=0.0, low_open=True, high=1.0)
+    rate = Setting("rate", "a rate", kind=FLOAT, default=1.0, low=0.0, low_open=True)
+    assert [expected(workers, v) for v in (1, 0, 1.5, True)] == [
+        None, "an integer >= 1", "an integer >= 1", "an integer >= 1"]
+    assert [expected(share, v) for v in (1.0, 0.0, float("nan"))] == [None, "a number in (0, 1]", "a number in (0, 1]"]
+    assert [expected(rate, v) for v in (2, 0, float("inf"))] == [None, "> 0", "a finite number"]
+    assert (accepts(workers), accepts(share)) == ("an integer >= 1", "a number in (0, 1]")
+    parser = argparse.ArgumentParser()
+    add_flags(parser, (workers,))
+    assert parser.parse_args([]).workers is None  # a file's value shows through
+    assert parser.parse_args(["--workers", "3"]).workers == 3
+    assert "processes (default: 1)" in " ".join(parser.format_help().split())
