@@ -17,7 +17,7 @@ BUILD_INPUTS := pyproject.toml setup.py $(wildcard core/*.pyx) $(wildcard protos
 # otherwise the build goes on without the native relay and says so.
 NATIVE_PACKAGES := libgrpc++-dev protobuf-compiler-grpc pkg-config g++
 
-.PHONY: install native-deps protos build run test test-fast bench bench-classifier fuzz soak train-router eval-router debian-data-lists build-engines lint clean
+.PHONY: install native-deps protos build run test test-fast config-docs bench bench-classifier fuzz soak train-router eval-router debian-data-lists build-engines lint clean
 
 install: $(STAMP)
 
@@ -48,12 +48,17 @@ protos: install
 
 build: install
 
+# Rewrites the settings tables of docs/configuration.md from the declarations in the config modules
+# (a unit test fails while they disagree).
+config-docs: install
+	$(PY) -m tests.unit.test_settings_declared_once
+
 # make run ARGS="--engine synthetic" starts the stack without models (for a quick look).
 run: install
 	$(PY) -m router_svc.local_stack $(ARGS)
 
 test: install $(QUANT_STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -p no:cacheprovider --durations=15 tests
 
 test-fast: install
 	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" tests

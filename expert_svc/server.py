@@ -14,7 +14,7 @@ from grpc_reflection.v1alpha import reflection
 from expert_router.v1 import expert_router_pb2 as pb
 from service_base.tls import server_credentials
 
-from .config import ExpertConfig, split_host_port
+from .config import ExpertConfig, check_files, split_host_port
 from .convert import RequestLimits
 from .engines import Engine, create_engine
 from .servicer import ExpertServicer, add_expert_servicer
@@ -89,6 +89,7 @@ def preflight(cfg: ExpertConfig) -> None:
 async def bind(cfg: ExpertConfig) -> RunningExpert:
     """Start serving with the engine not loaded yet: health answers NOT_SERVING, reflection and
     GetInfo answer, Generate answers UNAVAILABLE. `load` makes it SERVING."""
+    check_files(cfg)
     engine = create_engine(cfg)
     limits = _request_limits(cfg, cfg.context_length)
     servicer = ExpertServicer(

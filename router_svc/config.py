@@ -1,17 +1,38 @@
 """Router configuration: command-line flags and an optional YAML file become one frozen RouterConfig.
 
 Flags override the file. With neither ``--expert`` nor a file listing experts, the router points at
-the local stack that ``make run`` starts (``LOCAL_EXPERT_PORTS``). Every setting is documented in
-docs/configuration.md; a reload (SIGHUP or a change of the file) runs the same validation again.
+the local stack that ``make run`` starts (``LOCAL_EXPERT_PORTS``). A reload (SIGHUP or a change of
+the file) runs the same validation again.
+
+Each scalar setting is declared once, in ``SETTINGS`` (service_base.settings explains the choice of
+a small table over pydantic): its flag, YAML key, type, bounds, default, help and whether a reload
+applies it. The parser, the YAML typing, the checks in ``RouterConfig``, ``RESTART_ONLY`` and the
+tables of docs/configuration.md come from it; the experts (a mapping, not a scalar) and the rules
+between settings are code below. Building a config never touches the file system: ``check_files``
+reads the TLS files, at start and at each reload.
 """
 from __future__ import annotations
 
 import argparse
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
+
+from service_base.settings import (
+    BOOL,
+    FLOAT,
+    FOLDER,
+    INT,
+    PATH,
+    Setting,
+    add_flags,
+    check,
+    file_table,
+    flag_table,
+    restart_only,
+    typed_from_file,
+)
 
 LOCAL_HOST = "127.0.0.1"
 LOCAL_ROUTER_PORT = 50051
@@ -25,28 +46,13 @@ LOCAL_EXPERT_PORTS: dict[str, int] = {
     "general": 50066,
 }
 
-DEFAULT_FALLBACK = "general"
-DEFAULT_MIN_CONFIDENCE = 0.4
-DEFAULT_MAX_PROMPT_BYTES = 256 * 1024
-DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
-DEFAULT_HEALTH_INTERVAL_S = 2.0
-DEFAULT_GRACE_S = 10.0
-DEFAULT_MAX_BATCH = 64
-DEFAULT_DNS_REFRESH_S = 10.0
-DEFAULT_EJECT_AFTER = 3
-DEFAULT_EJECT_BASE_S = 1.0
-DEFAULT_EJECT_MAX_S = 30.0
-# At most this share of an expert's replicas is ejected at once (at least one may always be).
-DEFAULT_MAX_EJECTED_PERCENT = 50
-DEFAULT_MAX_ATTEMPTS = 3
-DEFAULT_FAILOVER_MARGIN = 0.1
-DEFAULT_MAX_IN_FLIGHT = 1024
-DEFAULT_QUEUE_TIMEOUT_S = 1.0
-DEFAULT_RETRY_AFTER_MS = 200
 DNS_SCHEME = "dns:///"
 LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 # Who relays Generate's frames: gRPC's C++ library (router_svc.native_relay) or grpc.aio.
 RELAYS = ("native", "python")
+# Every file the router reads at start: the setting, and what the file is in messages.
+TLS_FILES = ("tls_cert", "tls_key", "tls_client_ca", "upstream_tls_ca", "upstream_tls_cert", "upstream_tls_key")
 
 
 class ConfigError(ValueError):
@@ -69,37 +75,162 @@ class UpstreamExpert:
         return f"{DNS_SCHEME}{self.dns}" if self.dns else ",".join(self.addresses)
 
 
+def _address_check(key: str, value: Any) -> None:
+    parse_address(key, value, allow_port_zero=True)
+
+
+_SECURITY = "security"
+# Every scalar setting of the router, declared once: the flags, the YAML keys, their types and
+# bounds, the checks RouterConfig runs, the restart-only list and docs/configuration.md's tables
+# all come from here. Order: the order of the docs' tables and of --help.
+SETTINGS: tuple[Setting, ...] = (
+    Setting("listen", "where to serve (port 0: any free port)", default=f"{LOCAL_HOST}:{LOCAL_ROUTER_PORT}",
+            flag="--listen", key="listen", metavar="HOST:PORT", restart=True, validate=_address_check),
+    Setting("classifier_dir", "classifier artifact folder (`model.onnx` + `metadata.json`); in a file, "
+            "relative to the file's folder", kind=FOLDER, nullable=True, flag="--classifier", key="classifier",
+            metavar="DIR", default_doc="the packaged artifact"),
+    Setting("fallback", "expert for low-confidence prompts and the last resort of failover; one of the experts",
+            default="general", flag="--fallback", key="fallback", metavar="NAME"),
+    Setting("min_confidence", "below this best score, use the fallback expert", kind=FLOAT, default=0.4,
+            low=0.0, high=1.0, flag="--min-confidence", key="min_confidence", metavar="X"),
+    Setting("failover_margin", "when the chosen expert has no healthy replica, the next-best experts whose "
+            "score is at least the chosen score minus this margin are tried (in score order), then the "
+            "fallback expert", kind=FLOAT, default=0.1, low=0.0, high=1.0, key="failover_margin"),
+    Setting("metrics_listen", "serve Prometheus metrics over HTTP at `http://HOST:PORT/metrics`",
+            nullable=True, flag="--metrics-listen", key="metrics_listen", metavar="HOST:PORT", default_doc="off",
+            restart=True, validate=_address_check),
+    Setting("http_listen", "also serve the OpenAI-compatible HTTP API here (/v1/chat/completions, "
+            "/v1/completions, /v1/models, /health)", nullable=True, flag="--http-listen", key="http_listen",
+            metavar="HOST:PORT", default_doc="off", restart=True, validate=_address_check),
+    Setting("workers", "router processes sharing the port (SO_REUSEPORT)", kind=INT, default=1, low=1,
+            flag="--workers", key="workers", metavar="N", default_doc="the number of cores", restart=True),
+    Setting("max_in_flight", "streams in flight at once, all experts (0: no bound)", kind=INT, default=1024,
+            low=0, flag="--max-in-flight", key="max_in_flight", metavar="N"),
+    Setting("max_in_flight_per_expert", "streams in flight at once per expert (0: no bound)", kind=INT,
+            default=0, low=0, flag="--max-in-flight-per-expert", key="max_in_flight_per_expert", metavar="N"),
+    Setting("queue_size", "requests that may wait for a slot over a bound (0: reject at once)", kind=INT,
+            default=0, low=0, flag="--queue-size", key="queue_size", metavar="N"),
+    Setting("queue_timeout_s", "longest wait in that queue, seconds", kind=FLOAT, default=1.0, low=0.0,
+            high=3600.0, flag="--queue-timeout-s", key="queue_timeout_s", metavar="S"),
+    Setting("retry_after_ms", "the hint sent in the `retry-after-ms` trailing metadata of RESOURCE_EXHAUSTED "
+            "answers", kind=INT, default=200, low=0, key="retry_after_ms"),
+    Setting("grace_s", "seconds in-flight streams get to finish on SIGTERM", kind=FLOAT, default=10.0, low=0.0,
+            high=3600.0, flag="--grace-s", key="grace_s", metavar="S"),
+    Setting("log_format", "text or JSON lines (`json`: every log line is a JSON object)", default="text",
+            choices=LOG_FORMATS, flag="--log-format", key="log_format"),
+    Setting("log_level", "the root log level; WARNING also silences the per-request lines", default="INFO",
+            choices=LOG_LEVELS, flag="--log-level", metavar="LEVEL", restart=True),
+    Setting("log_prompts", "debug only: include prompts and outputs in request logs", kind=BOOL, default=False,
+            flag="--log-prompts", key="log_prompts"),
+    Setting("reload_poll_s", "how often the config file's modification time is checked, seconds", kind=FLOAT,
+            default=1.0, low=0.05, high=3600.0, key="reload_poll_s"),
+    Setting("max_prompt_bytes", "largest prompt in UTF-8 bytes, all messages together", kind=INT,
+            default=256 * 1024, low=1, flag="--max-prompt-bytes", key="max_prompt_bytes", metavar="N"),
+    Setting("max_message_bytes", "gRPC message size limit, both directions, here and to the experts",
+            kind=INT, default=4 * 1024 * 1024, low=1024, flag="--max-message-bytes", key="max_message_bytes",
+            metavar="N"),
+    Setting("max_batch", "most prompts the classifier scores in one micro-batch", kind=INT, default=64, low=1,
+            key="max_batch"),
+    Setting("health_interval_s", "cap of the health-watch reconnect backoff, poll interval for experts "
+            "without `Watch`, and cap of the channel reconnect backoff (at most 5 s)", kind=FLOAT, default=2.0,
+            low=0.05, high=3600.0, key="health_interval_s"),
+    Setting("dns_refresh_s", "how often DNS names are resolved again, seconds", kind=FLOAT, default=10.0,
+            low=0.05, high=86400.0, key="dns_refresh_s"),
+    Setting("eject_after", "consecutive transport failures (UNAVAILABLE: refused, reset or lost connections) "
+            "that eject a replica; an error the expert returns for one request (INTERNAL, UNKNOWN, "
+            "DATA_LOSS, ...) does not count", kind=INT, default=3, low=1, key="eject_after"),
+    Setting("eject_base_s", "first ejection time; it doubles with each further ejection without a success "
+            "in between", kind=FLOAT, default=1.0, low=0.0, high=3600.0, key="eject_base_s"),
+    Setting("eject_max_s", "longest ejection time (at least `eject_base_s`)", kind=FLOAT, default=30.0,
+            low=0.0, high=86400.0, key="eject_max_s"),
+    Setting("max_ejected_percent", "most replicas of one expert ejected at once after transport failures, as "
+            "a percentage of its replicas, rounded down but at least one (0: never eject); a replica over "
+            "the cap stays in rotation and a warning is logged once per run of failures", kind=INT, default=50,
+            low=0, high=100, flag="--max-ejected-percent", key="max_ejected_percent", metavar="PCT"),
+    Setting("max_attempts", "replicas tried for one request before the expert counts as unavailable",
+            kind=INT, default=3, low=1, key="max_attempts"),
+    Setting("reflection", "do not serve gRPC server reflection (on by default so grpcurl works)", kind=BOOL,
+            default=True, flag="--no-reflection", negate=True, key="reflection", restart=True),
+    Setting("relay", "who relays Generate's frames: `native` (gRPC's C++ library, "
+            "`router_svc/native/relay.cc`; the default where it was built, else `python` and a log line "
+            "says so once) or `python` (grpc.aio)", default="native", choices=RELAYS, flag="--relay",
+            key="relay", restart=True, default_doc="`native` where built"),
+    Setting("relay_threads", "threads of the native relay, each with its own completion queue (0: the cores, "
+            "divided among --workers)", kind=INT, default=0, low=0, flag="--relay-threads", key="relay_threads",
+            metavar="N", restart=True),
+    Setting("tls_cert", "PEM certificate (chain) to serve TLS with", kind=PATH, nullable=True,
+            flag="--tls-cert", key="tls_cert", metavar="FILE", default_doc="plaintext", restart=True,
+            group=_SECURITY),
+    Setting("tls_key", "PEM private key of --tls-cert", kind=PATH, nullable=True, flag="--tls-key",
+            key="tls_key", metavar="FILE", default_doc="none", restart=True, group=_SECURITY),
+    Setting("tls_client_ca", "PEM CA: require client certificates signed by it (mutual TLS)", kind=PATH,
+            nullable=True, flag="--tls-client-ca", key="tls_client_ca", metavar="FILE", default_doc="none",
+            restart=True, group=_SECURITY),
+    Setting("upstream_tls_ca", "PEM CA that signs the experts' certificates: connect to the experts over TLS",
+            kind=PATH, nullable=True, flag="--upstream-tls-ca", key="upstream_tls_ca", metavar="FILE",
+            default_doc="plaintext", group=_SECURITY),
+    Setting("upstream_tls_cert", "PEM client certificate for experts that require one (mutual TLS)", kind=PATH,
+            nullable=True, flag="--upstream-tls-cert", key="upstream_tls_cert", metavar="FILE",
+            default_doc="none", group=_SECURITY),
+    Setting("upstream_tls_key", "PEM private key of --upstream-tls-cert", kind=PATH, nullable=True,
+            flag="--upstream-tls-key", key="upstream_tls_key", metavar="FILE", default_doc="none",
+            group=_SECURITY),
+    Setting("auth_tokens", "YAML file of bearer tokens (docs/configuration.md): clients must send "
+            "'authorization: Bearer TOKEN'; its contents are reloaded on SIGHUP, turning authentication on or "
+            "off needs a restart", doc="require bearer tokens from this file (see [Security](#security)); its "
+            "contents are reloaded, turning authentication on or off needs a restart", kind=PATH, nullable=True, flag="--auth-tokens", key="auth_tokens",
+            metavar="FILE", default_doc="off", restart=True, group=_SECURITY),
+)
+_BY_NAME = {setting.name: setting for setting in SETTINGS}
+_BY_KEY = {setting.key: setting for setting in SETTINGS if setting.key is not None}
+# Settings a reload cannot change (server.py keeps the running value and logs the change).
+RESTART_ONLY = restart_only(SETTINGS)
+DEFAULT_FALLBACK: str = _BY_NAME["fallback"].default
+DEFAULT_MIN_CONFIDENCE: float = _BY_NAME["min_confidence"].default
+
+
+def _setting_error(setting: Setting, expected: str, value: Any) -> ConfigError:
+    return ConfigError(f"{setting.key or setting.name}: expected {expected}, got {value!r}")
+
+
 @dataclass(frozen=True)
 class RouterConfig:
-    """Everything the router needs to serve; build with ``from_sources`` or directly in tests."""
+    """Everything the router needs to serve; build with ``from_sources`` or directly in tests.
+
+    The field defaults are the ``SETTINGS`` defaults (a test holds them equal). Construction checks
+    types, bounds and the rules between settings; it never opens a file (``check_files`` does, at
+    start and at each reload).
+    """
 
     experts: tuple[UpstreamExpert, ...]
     listen: str = f"{LOCAL_HOST}:{LOCAL_ROUTER_PORT}"
     classifier_dir: str | None = None
-    fallback: str = DEFAULT_FALLBACK
-    min_confidence: float = DEFAULT_MIN_CONFIDENCE
-    max_prompt_bytes: int = DEFAULT_MAX_PROMPT_BYTES
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
-    health_interval_s: float = DEFAULT_HEALTH_INTERVAL_S
-    grace_s: float = DEFAULT_GRACE_S
-    max_batch: int = DEFAULT_MAX_BATCH
-    dns_refresh_s: float = DEFAULT_DNS_REFRESH_S
-    eject_after: int = DEFAULT_EJECT_AFTER
-    eject_base_s: float = DEFAULT_EJECT_BASE_S
-    eject_max_s: float = DEFAULT_EJECT_MAX_S
-    max_ejected_percent: int = DEFAULT_MAX_EJECTED_PERCENT
-    max_attempts: int = DEFAULT_MAX_ATTEMPTS
-    failover_margin: float = DEFAULT_FAILOVER_MARGIN
-    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    fallback: str = "general"
+    min_confidence: float = 0.4
+    max_prompt_bytes: int = 256 * 1024
+    max_message_bytes: int = 4 * 1024 * 1024
+    health_interval_s: float = 2.0
+    grace_s: float = 10.0
+    max_batch: int = 64
+    dns_refresh_s: float = 10.0
+    eject_after: int = 3
+    eject_base_s: float = 1.0
+    eject_max_s: float = 30.0
+    # At most this share of an expert's replicas is ejected at once (at least one may always be).
+    max_ejected_percent: int = 50
+    max_attempts: int = 3
+    failover_margin: float = 0.1
+    max_in_flight: int = 1024
     max_in_flight_per_expert: int = 0
     queue_size: int = 0
-    queue_timeout_s: float = DEFAULT_QUEUE_TIMEOUT_S
-    retry_after_ms: int = DEFAULT_RETRY_AFTER_MS
+    queue_timeout_s: float = 1.0
+    retry_after_ms: int = 200
     metrics_listen: str | None = None
     # The OpenAI-compatible HTTP door (router_svc.http_api); None: gRPC only.
     http_listen: str | None = None
     workers: int = 1
     log_format: str = "text"
+    log_level: str = "INFO"
     log_prompts: bool = False
     reload_poll_s: float = 1.0
     # TLS on the router's own port; a client CA makes it mutual TLS (client certificates required).
@@ -139,64 +270,24 @@ class RouterConfig:
                 raise ConfigError(f"{key}: at least one HOST:PORT is required")
             for address in expert.addresses:
                 parse_address(key, address)
-        parse_address("listen", self.listen, allow_port_zero=True)
+        check(SETTINGS, self, _setting_error)
         if self.fallback not in names:
             raise ConfigError(
                 f"fallback: expert {self.fallback!r} is not configured (configured: {', '.join(names)})"
             )
-        _check_number("min_confidence", self.min_confidence, 0.0, 1.0)
-        _check_int("max_prompt_bytes", self.max_prompt_bytes, 1)
-        _check_int("max_message_bytes", self.max_message_bytes, 1024)
         if self.max_prompt_bytes > self.max_message_bytes:
             raise ConfigError(
                 f"max_prompt_bytes: {self.max_prompt_bytes} exceeds "
                 f"max_message_bytes {self.max_message_bytes}"
             )
-        _check_number("health_interval_s", self.health_interval_s, 0.05, 3600.0)
-        _check_number("grace_s", self.grace_s, 0.0, 3600.0)
-        _check_int("max_batch", self.max_batch, 1)
-        _check_number("dns_refresh_s", self.dns_refresh_s, 0.05, 86400.0)
-        _check_int("eject_after", self.eject_after, 1)
-        _check_number("eject_base_s", self.eject_base_s, 0.0, 3600.0)
-        _check_number("eject_max_s", self.eject_max_s, self.eject_base_s, 86400.0)
-        if isinstance(self.max_ejected_percent, bool) or not isinstance(self.max_ejected_percent, int):
-            raise ConfigError(f"max_ejected_percent: expected an integer in [0, 100], "
-                              f"got {self.max_ejected_percent!r}")
-        _check_number("max_ejected_percent", self.max_ejected_percent, 0, 100)
-        _check_int("max_attempts", self.max_attempts, 1)
-        _check_number("failover_margin", self.failover_margin, 0.0, 1.0)
-        _check_int("max_in_flight", self.max_in_flight, 0)
-        _check_int("max_in_flight_per_expert", self.max_in_flight_per_expert, 0)
-        _check_int("queue_size", self.queue_size, 0)
-        _check_number("queue_timeout_s", self.queue_timeout_s, 0.0, 3600.0)
-        _check_int("retry_after_ms", self.retry_after_ms, 0)
-        if self.metrics_listen is not None:
-            parse_address("metrics_listen", self.metrics_listen, allow_port_zero=True)
-        if self.http_listen is not None:
-            parse_address("http_listen", self.http_listen, allow_port_zero=True)
-        _check_int("workers", self.workers, 1)
-        if self.log_format not in LOG_FORMATS:
-            raise ConfigError(f"log_format: expected one of {', '.join(LOG_FORMATS)}, got {self.log_format!r}")
-        if not isinstance(self.log_prompts, bool):
-            raise ConfigError(f"log_prompts: expected true or false, got {self.log_prompts!r}")
-        _check_number("reload_poll_s", self.reload_poll_s, 0.05, 3600.0)
-        if not isinstance(self.reflection, bool):
-            raise ConfigError(f"reflection: expected true or false, got {self.reflection!r}")
-        if self.relay not in RELAYS:
-            raise ConfigError(f"relay: expected one of {', '.join(RELAYS)}, got {self.relay!r}")
-        _check_int("relay_threads", self.relay_threads, 0)
-        self._check_tls()
+        if self.eject_max_s < self.eject_base_s:
+            raise ConfigError(f"eject_max_s: expected a number in [{self.eject_base_s:g}, "
+                              f"{_BY_NAME['eject_max_s'].high:g}], got {self.eject_max_s!r}")
+        self._check_tls_pairs()
         object.__setattr__(self, "expert_names", tuple(names))
 
-    def _check_tls(self) -> None:
-        """Loads the TLS files now: a bad path or a key that does not match fails at start, not per handshake."""
-        from service_base.tls import channel_credentials, server_credentials
-
-        for key in ("tls_cert", "tls_key", "tls_client_ca", "upstream_tls_ca", "upstream_tls_cert",
-                    "upstream_tls_key", "auth_tokens"):
-            value = getattr(self, key)
-            if value is not None and (not isinstance(value, str) or not value):
-                raise ConfigError(f"{key}: expected a file path, got {value!r}")
+    def _check_tls_pairs(self) -> None:
+        """The TLS settings that only make sense together; the files themselves are read by ``check_files``."""
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("tls_cert and tls_key (--tls-cert, --tls-key) go together: give both or neither")
         if self.tls_client_ca is not None and self.tls_cert is None:
@@ -207,13 +298,6 @@ class RouterConfig:
         if self.upstream_tls_cert is not None and self.upstream_tls_ca is None:
             raise ConfigError("upstream_tls_cert needs upstream_tls_ca: the client certificate is sent over "
                               "TLS, which needs the CA that signs the experts' certificates")
-        try:
-            if self.tls_cert is not None:
-                server_credentials(self.tls_cert, self.tls_key, self.tls_client_ca, self.mutual_tls)
-            if self.upstream_tls:
-                channel_credentials(self.upstream_tls_ca, self.upstream_tls_cert, self.upstream_tls_key)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
 
     @property
     def tls(self) -> bool:
@@ -230,6 +314,24 @@ class RouterConfig:
     def with_overrides(self, **changes: Any) -> RouterConfig:
         """A copy with some settings changed (validated again)."""
         return replace(self, **changes)
+
+
+def check_files(cfg: RouterConfig) -> None:
+    """Reads the TLS files ``cfg`` names: a missing file or a key that does not belong to its certificate
+    stops the start (or a reload) here, with a message naming the file, not at every handshake.
+
+    Kept out of RouterConfig's construction so that building and validating a config never touches
+    the file system; ``__main__`` calls it before serving and ``server.serve`` before binding.
+    """
+    from service_base.tls import channel_credentials, server_credentials
+
+    try:
+        if cfg.tls_cert is not None:
+            server_credentials(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca, cfg.mutual_tls)
+        if cfg.upstream_tls:
+            channel_credentials(cfg.upstream_tls_ca, cfg.upstream_tls_cert, cfg.upstream_tls_key)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def local_stack_experts(host: str = LOCAL_HOST) -> tuple[UpstreamExpert, ...]:
@@ -277,56 +379,6 @@ def parse_expert_flag(value: str) -> UpstreamExpert:
     return UpstreamExpert(name, parts)
 
 
-# YAML key -> RouterConfig field, for the scalar settings.
-_FILE_KEYS: dict[str, str] = {
-    "listen": "listen",
-    "classifier": "classifier_dir",
-    "fallback": "fallback",
-    "min_confidence": "min_confidence",
-    "max_prompt_bytes": "max_prompt_bytes",
-    "max_message_bytes": "max_message_bytes",
-    "health_interval_s": "health_interval_s",
-    "grace_s": "grace_s",
-    "max_batch": "max_batch",
-    "dns_refresh_s": "dns_refresh_s",
-    "eject_after": "eject_after",
-    "eject_base_s": "eject_base_s",
-    "eject_max_s": "eject_max_s",
-    "max_ejected_percent": "max_ejected_percent",
-    "max_attempts": "max_attempts",
-    "failover_margin": "failover_margin",
-    "max_in_flight": "max_in_flight",
-    "max_in_flight_per_expert": "max_in_flight_per_expert",
-    "queue_size": "queue_size",
-    "queue_timeout_s": "queue_timeout_s",
-    "retry_after_ms": "retry_after_ms",
-    "metrics_listen": "metrics_listen",
-    "http_listen": "http_listen",
-    "workers": "workers",
-    "log_format": "log_format",
-    "log_prompts": "log_prompts",
-    "reload_poll_s": "reload_poll_s",
-    "tls_cert": "tls_cert",
-    "tls_key": "tls_key",
-    "tls_client_ca": "tls_client_ca",
-    "upstream_tls_ca": "upstream_tls_ca",
-    "upstream_tls_cert": "upstream_tls_cert",
-    "upstream_tls_key": "upstream_tls_key",
-    "auth_tokens": "auth_tokens",
-    "reflection": "reflection",
-    "relay": "relay",
-    "relay_threads": "relay_threads",
-}
-_STRING_KEYS = ("listen", "fallback", "metrics_listen", "http_listen", "log_format", "relay")
-# Paths: relative ones are taken relative to the config file's folder, like ``classifier``.
-_PATH_KEYS = ("tls_cert", "tls_key", "tls_client_ca", "upstream_tls_ca", "upstream_tls_cert", "upstream_tls_key",
-              "auth_tokens")
-_INT_KEYS = ("max_prompt_bytes", "max_message_bytes", "max_batch", "eject_after", "max_ejected_percent",
-             "max_attempts",
-             "max_in_flight", "max_in_flight_per_expert", "queue_size", "retry_after_ms", "workers",
-             "relay_threads")
-
-
 def settings_from_mapping(data: Any, *, base_dir: str = ".") -> dict[str, Any]:
     """Validates a parsed YAML document and returns RouterConfig keyword arguments.
 
@@ -338,13 +390,14 @@ def settings_from_mapping(data: Any, *, base_dir: str = ".") -> dict[str, Any]:
         return {}
     if not isinstance(data, Mapping):
         raise ConfigError(f"the top level must be a mapping of settings, got {type(data).__name__}")
-    known = ["experts", *_FILE_KEYS]
+    known = ["experts", *_BY_KEY]
     settings: dict[str, Any] = {}
     for key, value in data.items():
         if key == "experts":
             settings["experts"] = _experts_from_yaml(value)
-        elif key in _FILE_KEYS:
-            settings[_FILE_KEYS[key]] = _typed_setting(key, value, base_dir)
+        elif key in _BY_KEY:
+            setting = _BY_KEY[key]
+            settings[setting.name] = typed_from_file(setting, value, base_dir, _setting_error)
         else:
             raise ConfigError(f"unknown key {key!r} (known keys: {', '.join(known)})")
     return settings
@@ -382,32 +435,6 @@ def _experts_from_yaml(value: Any) -> tuple[UpstreamExpert, ...]:
     return tuple(experts)
 
 
-def _typed_setting(key: str, value: Any, base_dir: str) -> Any:
-    if key in _STRING_KEYS:
-        if key in ("metrics_listen", "http_listen") and value is None:
-            return None
-        if not isinstance(value, str) or not value:
-            raise ConfigError(f"{key}: expected a non-empty string, got {value!r}")
-        return value
-    if key in ("log_prompts", "reflection"):
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
-        return value
-    if key == "classifier" or key in _PATH_KEYS:
-        if value is None:
-            return None
-        if not isinstance(value, str) or not value:
-            raise ConfigError(f"{key}: expected a {'folder' if key == 'classifier' else 'file'} path, got {value!r}")
-        return os.path.normpath(os.path.join(base_dir, os.path.expanduser(value)))
-    if key in _INT_KEYS:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
-    return float(value)
-
-
 def load_file(path: str) -> dict[str, Any]:
     """Reads and validates a YAML config file; errors name the file and the key."""
     import yaml
@@ -427,83 +454,34 @@ def load_file(path: str) -> dict[str, Any]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The router's flags; every default is None so that the file's value shows through."""
-    parser.add_argument("--listen", metavar="HOST:PORT",
-                        help=f"where to serve (default {LOCAL_HOST}:{LOCAL_ROUTER_PORT})")
-    parser.add_argument("--expert", action="append", metavar="NAME=HOST:PORT[,HOST:PORT...]",
-                        help="an expert and its replicas; repeat per expert "
-                             "(default: the local stack of `make run`)")
-    parser.add_argument("--classifier", metavar="DIR", help="classifier artifact folder (default: packaged)")
-    parser.add_argument("--fallback", metavar="NAME",
-                        help=f"expert for low-confidence prompts (default {DEFAULT_FALLBACK})")
-    parser.add_argument("--min-confidence", type=float, metavar="X",
-                        help=f"below this best score, use the fallback (default {DEFAULT_MIN_CONFIDENCE})")
     parser.add_argument("--config", metavar="FILE",
                         help="YAML file with the same settings and more (docs/configuration.md); flags win; "
                              "reloaded on SIGHUP and when it changes")
-    parser.add_argument("--metrics-listen", metavar="HOST:PORT",
-                        help="serve Prometheus metrics over HTTP here (default: off)")
-    parser.add_argument("--http-listen", metavar="HOST:PORT",
-                        help="also serve the OpenAI-compatible HTTP API here (/v1/chat/completions, "
-                             "/v1/completions, /v1/models, /health; default: off)")
-    parser.add_argument("--workers", type=int, metavar="N",
-                        help="router processes sharing the port (SO_REUSEPORT; default: the number of cores)")
-    parser.add_argument("--max-in-flight", type=int, metavar="N",
-                        help=f"streams in flight at once, all experts (0: no bound; default {DEFAULT_MAX_IN_FLIGHT})")
-    parser.add_argument("--max-in-flight-per-expert", type=int, metavar="N",
-                        help="streams in flight at once per expert (0: no bound; default 0)")
-    parser.add_argument("--queue-size", type=int, metavar="N",
-                        help="requests that may wait for a slot over the bound (default 0: reject at once)")
-    parser.add_argument("--queue-timeout-s", type=float, metavar="S",
-                        help=f"longest wait in that queue (default {DEFAULT_QUEUE_TIMEOUT_S:g})")
-    parser.add_argument("--grace-s", type=float, metavar="S",
-                        help=f"seconds in-flight streams get to finish on SIGTERM (default {DEFAULT_GRACE_S:g})")
-    parser.add_argument("--log-format", choices=LOG_FORMATS, help="text (default) or json lines")
-    parser.add_argument("--log-prompts", action="store_true", default=None,
-                        help="debug only: include prompts and outputs in request logs")
-    parser.add_argument("--max-prompt-bytes", type=int, metavar="N",
-                        help=f"largest prompt in UTF-8 bytes, all messages together (default {DEFAULT_MAX_PROMPT_BYTES})")
-    parser.add_argument("--max-message-bytes", type=int, metavar="N",
-                        help="gRPC message size limit, both directions, here and to the experts "
-                             f"(default {DEFAULT_MAX_MESSAGE_BYTES})")
-    parser.add_argument("--max-ejected-percent", type=int, metavar="PCT",
-                        help="most replicas of one expert ejected at once after transport failures, as a "
-                             "percentage of its replicas, rounded down but at least one (0: never eject; "
-                             f"default {DEFAULT_MAX_EJECTED_PERCENT})")
-    parser.add_argument("--no-reflection", dest="reflection", action="store_false", default=None,
-                        help="do not serve gRPC server reflection (on by default so grpcurl works)")
-    parser.add_argument("--relay", choices=RELAYS,
-                        help="who relays Generate's frames: native (gRPC's C++ library; the default where "
-                             "it was built) or python (grpc.aio)")
-    parser.add_argument("--relay-threads", type=int, metavar="N",
-                        help="threads of the native relay (default 0: the cores, divided among --workers)")
-    security = parser.add_argument_group("security")
-    security.add_argument("--tls-cert", metavar="FILE", help="PEM certificate (chain) to serve TLS with")
-    security.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
-    security.add_argument("--tls-client-ca", metavar="FILE",
-                          help="PEM CA: require client certificates signed by it (mutual TLS)")
-    security.add_argument("--upstream-tls-ca", metavar="FILE",
-                          help="PEM CA that signs the experts' certificates: connect to the experts over TLS")
-    security.add_argument("--upstream-tls-cert", metavar="FILE",
-                          help="PEM client certificate for experts that require one (mutual TLS)")
-    security.add_argument("--upstream-tls-key", metavar="FILE", help="PEM private key of --upstream-tls-cert")
-    security.add_argument("--auth-tokens", metavar="FILE",
-                          help="YAML file of bearer tokens (docs/configuration.md): clients must send "
-                               "'authorization: Bearer TOKEN'; reloaded on SIGHUP")
+    parser.add_argument("--expert", action="append", metavar="NAME=HOST:PORT[,HOST:PORT...]",
+                        help="an expert and its replicas; repeat per expert "
+                             "(default: the local stack of `make run`)")
+    add_flags(parser, SETTINGS)
 
 
-# flag attribute -> RouterConfig field, for flags that override one setting.
-_FLAG_FIELDS = (("listen", "listen"), ("classifier", "classifier_dir"), ("fallback", "fallback"),
-                ("min_confidence", "min_confidence"), ("metrics_listen", "metrics_listen"),
-                ("http_listen", "http_listen"), ("workers", "workers"), ("max_in_flight", "max_in_flight"),
-                ("max_in_flight_per_expert", "max_in_flight_per_expert"), ("queue_size", "queue_size"),
-                ("queue_timeout_s", "queue_timeout_s"), ("grace_s", "grace_s"),
-                ("log_format", "log_format"), ("log_prompts", "log_prompts"),
-                ("max_prompt_bytes", "max_prompt_bytes"), ("max_message_bytes", "max_message_bytes"),
-                ("reflection", "reflection"), ("max_ejected_percent", "max_ejected_percent"),
-                ("tls_cert", "tls_cert"), ("tls_key", "tls_key"),
-                ("tls_client_ca", "tls_client_ca"), ("upstream_tls_ca", "upstream_tls_ca"),
-                ("upstream_tls_cert", "upstream_tls_cert"), ("upstream_tls_key", "upstream_tls_key"),
-                ("auth_tokens", "auth_tokens"), ("relay", "relay"), ("relay_threads", "relay_threads"))
+# Rows of docs/configuration.md's tables for what is not a scalar setting.
+FLAG_ROWS = (
+    ("| `--config FILE` | none | a file path | | YAML file with any of the keys below; reloaded on SIGHUP and "
+     "when it changes |"),
+    ("| `--expert NAME=HOST:PORT[,HOST:PORT...]` | the local stack of `make run` | | applied | an expert and its "
+     "replicas; repeat per expert |"),
+    ("| `--expert NAME=dns:///HOST:PORT` | | | applied | an expert whose replicas are every address HOST "
+     "resolves to (a Kubernetes headless Service) |"),
+)
+KEY_ROWS = (
+    ("| `experts` | the local stack | a mapping | applied | mapping of expert name to its replicas, in one of "
+     "these forms: `HOST:PORT`; a list of them; `{addresses: [HOST:PORT, ...]}`; `{dns: HOST:PORT}`; "
+     "`dns:///HOST:PORT` |"),
+)
+
+
+def docs_tables() -> dict[str, str]:
+    """docs/configuration.md's tables, by the name of their markers."""
+    return {"router-flags": flag_table(SETTINGS, FLAG_ROWS), "router-keys": file_table(SETTINGS, KEY_ROWS)}
 
 
 def from_sources(args: argparse.Namespace) -> RouterConfig:
@@ -511,10 +489,10 @@ def from_sources(args: argparse.Namespace) -> RouterConfig:
     settings: dict[str, Any] = load_file(args.config) if getattr(args, "config", None) else {}
     if getattr(args, "expert", None):
         settings["experts"] = tuple(parse_expert_flag(value) for value in args.expert)
-    for flag, key in _FLAG_FIELDS:
-        value = getattr(args, flag, None)
+    for setting in SETTINGS:
+        value = getattr(args, setting.name, None) if setting.flag is not None else None
         if value is not None:
-            settings[key] = value
+            settings[setting.name] = value
     settings.setdefault("experts", local_stack_experts())
     settings.setdefault("workers", default_workers())
     return RouterConfig(**settings)
@@ -523,15 +501,3 @@ def from_sources(args: argparse.Namespace) -> RouterConfig:
 def _check_name(key: str, name: Any) -> None:
     if not isinstance(name, str) or not name or any(ch.isspace() or ch in ",=" for ch in name):
         raise ConfigError(f"{key}: expert names are non-empty, without spaces, ',' or '=', got {name!r}")
-
-
-def _check_number(key: str, value: Any, low: float, high: float) -> None:
-    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
-            or not low <= value <= high):
-        raise ConfigError(f"{key}: expected a number in [{low:g}, {high:g}], got {value!r}")
-
-
-def _check_int(key: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(f"{key}: expected an integer >= {low}, got {value!r}")
-

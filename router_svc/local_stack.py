@@ -2,9 +2,9 @@
 
 Each expert runs ``python -m expert_svc`` in its own process group (so a terminal Ctrl-C reaches only
 this supervisor, which then stops the router first and the experts after it, in order) and is told
-to die with its parent, so even ``kill -9`` of the supervisor leaves no orphans. The router runs in
-this process once every expert reports SERVING, with its OpenAI-compatible HTTP door on
-``127.0.0.1:8000`` (``--http-port``; 0 turns it off).
+to die with its parent (service_base.lifetime), so even ``kill -9`` of the supervisor leaves no
+orphans. The router runs in this process once every expert reports SERVING, with its
+OpenAI-compatible HTTP door on ``127.0.0.1:8000`` (``--http-port``; 0 turns it off).
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from router_svc.config import LOCAL_EXPERT_PORTS, LOCAL_HOST, LOCAL_ROUTER_PORT, RouterConfig, UpstreamExpert
-from router_svc.workers import die_with_parent
+from service_base.lifetime import child_env
 
 LOCAL_HTTP_PORT = 8000
 
@@ -82,7 +82,7 @@ async def _spawn(expert: ExpertProcess, args: argparse.Namespace) -> None:
     try:
         expert.process = await asyncio.create_subprocess_exec(
             *expert_command(expert, args), stdin=asyncio.subprocess.DEVNULL, stdout=log_fd,
-            stderr=asyncio.subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent,
+            stderr=asyncio.subprocess.STDOUT, start_new_session=True, env=child_env(),
         )
     finally:
         os.close(log_fd)

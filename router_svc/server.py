@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, Counter
 from router_svc.admission import Admission, AdmissionLimits
 from router_svc.auth import TokenAuth, load_tokens
 from router_svc.batching import MicroBatcher
-from router_svc.config import ConfigError, RouterConfig, default_workers
+from router_svc.config import RESTART_ONLY, ConfigError, RouterConfig, check_files, default_workers
 from router_svc.metrics import MetricsServer, RouterMetrics
 from router_svc.native_relay import NativeRelay, choose_relay
 from router_svc.servicer import SERVICE_NAME, ExpertChooser, RouterServicer, RouterState, ScoringClassifier
@@ -57,7 +57,7 @@ def listen_credentials(cfg: RouterConfig) -> grpc.ServerCredentials | None:
 
     try:
         return server_credentials(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca, cfg.mutual_tls)
-    except ValueError as exc:  # the files changed since the config was validated
+    except ValueError as exc:  # a file missing, not PEM, or a key not matching its certificate
         raise ConfigError(str(exc)) from None
 
 
@@ -98,9 +98,9 @@ async def build_state(cfg: RouterConfig, classifier: ScoringClassifier, metrics:
     return state
 
 
-# Settings a reload cannot change: the listening socket, its credentials and interceptors exist once.
-FIXED_AT_START = ("listen", "workers", "metrics_listen", "http_listen", "tls_cert", "tls_key", "tls_client_ca",
-                  "reflection", "auth_tokens", "relay", "relay_threads")
+# Settings a reload cannot change: the listening socket, its credentials and interceptors exist once
+# (declared per setting in router_svc.config.SETTINGS).
+FIXED_AT_START = RESTART_ONLY
 
 
 def native_tls(cfg: RouterConfig) -> tuple[bytes, bytes, bytes | None, bool] | None:
@@ -112,7 +112,7 @@ def native_tls(cfg: RouterConfig) -> tuple[bytes, bytes, bytes | None, bool] | N
     try:
         ca = read_pem(cfg.tls_client_ca, "client CA") if cfg.tls_client_ca else None
         return read_pem(cfg.tls_cert, "TLS certificate"), read_pem(cfg.tls_key, "TLS private key"), ca, cfg.mutual_tls
-    except ValueError as exc:  # the files changed since the config was validated
+    except ValueError as exc:  # a file missing, not PEM, or a key not matching its certificate
         raise ConfigError(str(exc)) from None
 
 
@@ -178,6 +178,7 @@ class RunningRouter:
         contents are reloaded.
         """
         async with self._reload_lock:
+            await asyncio.to_thread(check_files, cfg)
             old = self.servicer.state
             for key in FIXED_AT_START:
                 if getattr(cfg, key) != getattr(old.cfg, key):
@@ -248,6 +249,7 @@ async def start(cfg: RouterConfig, *, classifier: ScoringClassifier | None = Non
         classifier_factory = lambda _directory: fixed
     elif classifier_factory is None:
         classifier_factory = load_classifier
+    await asyncio.to_thread(check_files, cfg)
     metrics = RouterMetrics(registry)
     first = await asyncio.to_thread(classifier_factory, cfg.classifier_dir)
     relay = choose_relay(cfg.relay)

@@ -13,9 +13,7 @@ worker has drained and exited 0.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
-import os
 import shutil
 import signal
 import socket
@@ -25,18 +23,12 @@ import time
 from collections.abc import Sequence
 
 from router_svc.config import RouterConfig, parse_address
+from service_base.lifetime import child_env
 
 log = logging.getLogger("router_svc.workers")
 
 EARLY_EXIT_S = 5.0
 RESTART_DELAY_S = 0.5
-_PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent() -> None:
-    """Runs in the child before exec: SIGTERM it when the supervisor dies, however it dies."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def reserve_port(listen: str) -> tuple[socket.socket, str]:
@@ -77,10 +69,11 @@ class Supervisor:
                 "--relay-threads", str(relay_threads(self._cfg)), "--worker-index", str(index)]
 
     async def _spawn(self, index: int) -> None:
-        env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": self._metrics_dir}
+        # The worker sets PR_SET_PDEATHSIG itself at start (service_base.lifetime): SIGTERM when the
+        # supervisor dies, however it dies.
+        env = {**child_env(), "PROMETHEUS_MULTIPROC_DIR": self._metrics_dir}
         process = await asyncio.create_subprocess_exec(*self._command(index), env=env,
-                                                       stdin=asyncio.subprocess.DEVNULL,
-                                                       preexec_fn=die_with_parent)
+                                                       stdin=asyncio.subprocess.DEVNULL)
         self._processes[index] = process
         self._started_at[index] = time.monotonic()
         log.info("worker %d started (pid %d)", index, process.pid)

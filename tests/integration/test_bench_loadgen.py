@@ -13,7 +13,7 @@ from router_svc.loadgen.client import LevelTask, run_task
 from router_svc.loadgen.prompts import builtin_prompts
 from router_svc.loadgen.runner import LoadGenerator
 from router_svc.loadgen.stats import summarize
-from tests.expert_helpers import running_expert, synthetic_config
+from tests.helpers import running_expert, synthetic_config
 
 TTFT_MS = 10.0
 TOKENS_PER_S = 200.0
@@ -38,6 +38,7 @@ def _task(target: str, *, users: int = 0, rate: float = 0.0, duration: float = 0
                      requests_per_user=0, think_s=0.0, timeout_s=timeout)
 
 
+@pytest.mark.slow
 async def test_closed_loop_levels_over_worker_processes():
     async with running_expert(_expert_config()) as (expert, _):
         def levels():

@@ -15,7 +15,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from expert_svc.server import start
-from tests.expert_helpers import synthetic_config
+from tests.helpers import synthetic_config
 
 pytestmark = pytest.mark.slow
 

@@ -6,7 +6,7 @@ import pytest
 
 from expert_router.v1 import expert_router_pb2 as pb
 from expert_svc.config import ExpertConfig
-from tests.expert_helpers import collect, request, running_expert, wait_until
+from tests.helpers import drain, eventually, request, running_expert
 
 pytest.importorskip("xllamacpp")
 
@@ -24,8 +24,8 @@ async def test_streams_a_short_greedy_answer_with_real_token_counts():
     ):
         info = await stub.GetInfo(pb.GetInfoRequest())
         ask = request("What is the capital of France?", max_tokens=16, temperature=0.0)
-        first = await collect(stub.Generate(ask))
-        second = await collect(stub.Generate(ask))
+        first = await drain(stub.Generate(ask))
+        second = await drain(stub.Generate(ask))
     assert (info.model, info.quantization, info.engine, info.context_length) == (
         "SmolLM2-135M-Instruct",
         "Q4_1",
@@ -57,15 +57,15 @@ async def test_cancelled_stream_stops_generation_in_llamacpp():
             if frames == 3:
                 break
         call.cancel()
-        assert await wait_until(lambda: expert.engine.stats.aborted == 1, timeout=5)
+        await eventually(lambda: expert.engine.stats.aborted == 1)
 
         async def slot_idle():
             return (await expert.engine.metrics()).get("requests_processing") == 0
 
-        assert await wait_until(slot_idle, timeout=5)
+        await eventually(slot_idle)
         after = await expert.engine.metrics()
         generated = after["tokens_predicted_total"] - before["tokens_predicted_total"]
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)  # nothing must happen now, which no condition can signal
         assert (await expert.engine.metrics())["tokens_predicted_total"] == after["tokens_predicted_total"]
     # A few tokens past the cancel at most, nowhere near the 1000 asked for.
     assert 3 <= generated < 50
@@ -74,8 +74,8 @@ async def test_cancelled_stream_stops_generation_in_llamacpp():
 async def test_concurrent_streams_are_served_together():
     async with running_expert(llamacpp_config()) as (_, stub):
         results = await asyncio.gather(
-            collect(stub.Generate(request("Name a color.", max_tokens=8, temperature=0.0))),
-            collect(stub.Generate(request("Name an animal.", max_tokens=8, temperature=0.0))),
+            drain(stub.Generate(request("Name a color.", max_tokens=8, temperature=0.0))),
+            drain(stub.Generate(request("Name an animal.", max_tokens=8, temperature=0.0))),
         )
     for frames in results:
         assert frames[-1].finish_reason != pb.FINISH_REASON_UNSPECIFIED

@@ -9,7 +9,7 @@ import grpc
 
 from expert_router.v1 import expert_router_pb2 as pb
 from expert_router.v1 import expert_router_pb2_grpc as pb_grpc
-from tests.expert_helpers import request
+from tests.helpers import request
 
 SERVING = re.compile(r"serving .* on (127\.0\.0\.1:\d+)")
 

@@ -12,12 +12,12 @@ from expert_router.v1 import expert_router_pb2 as pb
 from expert_svc.engines.synthetic import SyntheticEngine
 from expert_svc.server import start
 from expert_svc.types import EngineRequest, SamplingParams
-from tests.expert_helpers import collect, request, running_expert, synthetic_config, wait_until
+from tests.helpers import drain, eventually, request, running_expert, synthetic_config
 
 
 async def test_stream_frames_finish_reason_and_usage():
     async with running_expert(synthetic_config()) as (_expert, stub):
-        frames = await collect(stub.Generate(request("the quick brown fox", max_tokens=12)))
+        frames = await drain(stub.Generate(request("the quick brown fox", max_tokens=12)))
     assert len(frames) == 12
     assert all(
         f.finish_reason == pb.FINISH_REASON_UNSPECIFIED and not f.HasField("usage") for f in frames[:-1]
@@ -37,15 +37,15 @@ async def test_stream_frames_finish_reason_and_usage():
 async def test_chat_messages_and_default_max_tokens():
     async with running_expert(synthetic_config(default_max_tokens=5)) as (_, stub):
         msg = pb.GenerateRequest(messages=[pb.ChatMessage(role="user", content="one two three")])
-        frames = await collect(stub.Generate(msg))
+        frames = await drain(stub.Generate(msg))
     assert frames[-1].usage.completion_tokens == 5 and frames[-1].usage.prompt_tokens == 3
 
 
 async def test_stop_string_finishes_with_stop():
     async with running_expert(synthetic_config()) as (_, stub):
-        full = "".join(f.text for f in await collect(stub.Generate(request("p", max_tokens=10))))
+        full = "".join(f.text for f in await drain(stub.Generate(request("p", max_tokens=10))))
         stop = full.split(" ")[2]
-        frames = await collect(stub.Generate(request("p", max_tokens=10, stop=[" " + stop])))
+        frames = await drain(stub.Generate(request("p", max_tokens=10, stop=[" " + stop])))
     assert frames[-1].finish_reason == pb.FINISH_REASON_STOP
     assert "".join(f.text for f in frames) == full[: full.index(" " + stop)]
 
@@ -59,7 +59,7 @@ async def test_client_cancel_reaches_the_engine():
             if frames == 2:
                 break
         call.cancel()
-        assert await wait_until(lambda: expert.engine.stats.aborted == 1)
+        await eventually(lambda: expert.engine.stats.aborted == 1)
         assert expert.engine.stats.aborted_request_ids == ["to-cancel"]
         assert expert.engine.stats.active == 0 and expert.servicer.active == 0
 
@@ -67,9 +67,9 @@ async def test_client_cancel_reaches_the_engine():
 async def test_deadline_exceeded_aborts_generation():
     async with running_expert(synthetic_config(tokens_per_second=10.0)) as (expert, stub):
         with pytest.raises(grpc.aio.AioRpcError) as info:
-            await collect(stub.Generate(request("slow", max_tokens=1000), timeout=0.3))
+            await drain(stub.Generate(request("slow", max_tokens=1000), timeout=0.3))
         assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        assert await wait_until(lambda: expert.engine.stats.aborted == 1)
+        await eventually(lambda: expert.engine.stats.aborted == 1)
         assert expert.servicer.active == 0
 
 
@@ -81,13 +81,13 @@ async def test_over_max_concurrency_is_rejected_at_once():
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         with pytest.raises(grpc.aio.AioRpcError) as info:
-            await collect(stub.Generate(request("one too many", max_tokens=3)))
+            await drain(stub.Generate(request("one too many", max_tokens=3)))
         assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "2 generation slots" in info.value.details()
         assert loop.time() - t0 < 1.0  # rejected, not queued behind 50-second streams
         calls[0].cancel()
-        assert await wait_until(lambda: expert.servicer.active == 1)
-        frames = await collect(stub.Generate(request("now fits", max_tokens=3)))
+        await eventually(lambda: expert.servicer.active == 1)
+        frames = await drain(stub.Generate(request("now fits", max_tokens=3)))
         assert frames[-1].usage.completion_tokens == 3
         calls[1].cancel()
 
@@ -109,7 +109,7 @@ async def test_over_max_concurrency_is_rejected_at_once():
 async def test_invalid_arguments(msg, needle):
     async with running_expert(synthetic_config()) as (expert, stub):
         with pytest.raises(grpc.aio.AioRpcError) as info:
-            await collect(stub.Generate(msg))
+            await drain(stub.Generate(msg))
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert needle in info.value.details()
         assert expert.engine.stats.started == 0
@@ -119,7 +119,7 @@ async def test_engine_not_ready_is_unavailable():
     async with running_expert(synthetic_config()) as (expert, stub):
         await expert.engine.close()
         with pytest.raises(grpc.aio.AioRpcError) as info:
-            await collect(stub.Generate(request()))
+            await drain(stub.Generate(request()))
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "not ready" in info.value.details()
 
@@ -132,7 +132,7 @@ async def test_unexpected_engine_bug_is_internal_and_logged(caplog):
     async with running_expert(synthetic_config(name="buggy")) as (expert, stub):
         expert.engine.generate = broken
         with caplog.at_level(logging.ERROR, logger="expert_svc"), pytest.raises(grpc.aio.AioRpcError) as info:
-            await collect(stub.Generate(request(request_id="req-7")))
+            await drain(stub.Generate(request(request_id="req-7")))
     assert info.value.code() == grpc.StatusCode.INTERNAL
     assert "req-7" in info.value.details() and "ZeroDivisionError" in info.value.details()
     assert "bug in engine" not in info.value.details()

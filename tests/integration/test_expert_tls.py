@@ -20,7 +20,7 @@ from expert_router.v1 import expert_router_pb2_grpc as pb_grpc
 from expert_svc.server import start
 from service_base.tls import channel_credentials
 from tests.certs import make_pki
-from tests.expert_helpers import collect, request, synthetic_config
+from tests.helpers import drain, request, synthetic_config
 
 DEADLINE_S = 5.0
 
@@ -46,7 +46,7 @@ async def tls_expert(pki, *, mutual: bool):
 
 async def generate(channel: grpc.aio.Channel, prompt: str = "over tls") -> list[pb.GenerateResponse]:
     call = pb_grpc.ExpertStub(channel).Generate(request(prompt, max_tokens=3), timeout=DEADLINE_S)
-    return await collect(call)
+    return await drain(call)
 
 
 async def assert_refused(channel: grpc.aio.Channel) -> grpc.aio.AioRpcError:

@@ -24,8 +24,7 @@ import pytest
 
 from expert_router.v1 import expert_router_pb2 as pb
 from expert_router.v1 import expert_router_pb2_grpc as pb_grpc
-from tests.expert_helpers import read_to_end, request
-from tests.expert_processes import ExpertProcess, start_expert_process
+from tests.helpers import ExpertProcess, drain, request, start_expert_process
 
 IP = shutil.which("ip")
 # The client pings after 500 ms without data and gives the peer 1 s to answer.
@@ -146,6 +145,7 @@ async def start_in(host: Host, name: str) -> ExpertProcess:
     )
 
 
+@pytest.mark.slow
 async def test_host_cut_off_mid_stream_errors_within_keepalive_bound_other_host_unaffected(two_hosts):
     cut, kept = two_hosts
     procs = await asyncio.gather(start_in(cut, "far-a"), start_in(kept, "far-b"), return_exceptions=True)
@@ -165,12 +165,12 @@ async def test_host_cut_off_mid_stream_errors_within_keepalive_bound_other_host_
             for _ in range(3):
                 assert (await doomed.read()).text
             assert (await healthy.read()).text
-            healthy_rest = asyncio.ensure_future(read_to_end(healthy))
+            healthy_rest = asyncio.ensure_future(drain(healthy))
 
             run_ip("link", "set", cut.ns_dev, "down", netns=cut.netns)
             cut_at = time.monotonic()
             with pytest.raises(grpc.aio.AioRpcError) as info:
-                await read_to_end(doomed)
+                await drain(doomed)
             detected_after = time.monotonic() - cut_at
             assert info.value.code() == grpc.StatusCode.UNAVAILABLE, info.value
             assert detected_after < CUT_DETECTION_S, f"error seen {detected_after:.2f} s after the cut"
@@ -185,6 +185,7 @@ async def test_host_cut_off_mid_stream_errors_within_keepalive_bound_other_host_
                 await p.close()
 
 
+@pytest.mark.slow
 async def test_host_cut_off_without_keepalive_still_ends_at_the_deadline(two_hosts):
     host = two_hosts[0]
     proc = await start_in(host, "far-a")
@@ -195,7 +196,7 @@ async def test_host_cut_off_without_keepalive_still_ends_at_the_deadline(two_hos
             assert (await call.read()).text
             run_ip("link", "set", host.ns_dev, "down", netns=host.netns)
             with pytest.raises(grpc.aio.AioRpcError) as info:
-                await read_to_end(call)
+                await drain(call)
             elapsed = time.monotonic() - started
         assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, info.value
         assert elapsed < 2.5 + 1.0

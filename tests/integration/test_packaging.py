@@ -37,8 +37,6 @@ def copy_source_tree(tree: Path) -> None:
             shutil.copy2(source, tree / name)
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(600)
 def grpcpp_installed() -> bool:
     try:
         return subprocess.run(["pkg-config", "--exists", "grpc++"], check=False).returncode == 0
@@ -56,6 +54,8 @@ def test_native_relay_is_built_where_grpcpp_is_installed() -> None:
     assert native_relay._relay.grpc_version().startswith("1.")
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_wheel_from_clean_tree_has_compiled_core_and_stubs(tmp_path: Path) -> None:
     tree = tmp_path / "tree"
     copy_source_tree(tree)

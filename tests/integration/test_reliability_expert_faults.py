@@ -19,8 +19,7 @@ import pytest
 
 from expert_router.v1 import expert_router_pb2 as pb
 from expert_router.v1 import expert_router_pb2_grpc as pb_grpc
-from tests.expert_helpers import collect, read_to_end, request
-from tests.expert_processes import expert_processes
+from tests.helpers import drain, eventually, expert_processes, request
 
 KILL_DETECTION_S = 2.0
 DEADLINE_S = 0.6
@@ -45,7 +44,7 @@ async def test_sigkill_mid_stream_is_unavailable_fast_and_other_expert_unaffecte
         assert first.text
         for call in healthy:
             assert (await call.read()).text
-        healthy_rest = [asyncio.ensure_future(read_to_end(call)) for call in healthy]
+        healthy_rest = [asyncio.ensure_future(drain(call)) for call in healthy]
 
         victim.kill()
         killed_at = time.monotonic()
@@ -149,15 +148,12 @@ async def test_hanging_grpc_expert_hits_the_client_deadline():
         async with grpc.aio.insecure_channel(f"127.0.0.1:{fake.port}") as channel:
             stub = pb_grpc.ExpertStub(channel)
             await assert_deadline_fires_on_time(
-                lambda: collect(stub.Generate(request("anyone there?"), timeout=DEADLINE_S))
+                lambda: drain(stub.Generate(request("anyone there?"), timeout=DEADLINE_S))
             )
             await assert_deadline_fires_on_time(lambda: stub.GetInfo(pb.GetInfoRequest(), timeout=DEADLINE_S))
         assert fake.started == 2
         # The deadline also reaches the server: its handlers are cancelled, not left sleeping.
-        for _ in range(50):
-            if fake.cancelled == 2:
-                break
-            await asyncio.sleep(0.02)
+        await eventually(lambda: fake.cancelled == 2)
         assert fake.cancelled == 2
 
 
@@ -166,9 +162,9 @@ async def test_silent_tcp_listener_hits_the_client_deadline():
         async with grpc.aio.insecure_channel(address) as channel:
             stub = pb_grpc.ExpertStub(channel)
             await assert_deadline_fires_on_time(
-                lambda: collect(stub.Generate(request("hello?"), timeout=DEADLINE_S, wait_for_ready=True))
+                lambda: drain(stub.Generate(request("hello?"), timeout=DEADLINE_S, wait_for_ready=True))
             )
             await assert_deadline_fires_on_time(
-                lambda: collect(stub.Generate(request("hello?"), timeout=DEADLINE_S))
+                lambda: drain(stub.Generate(request("hello?"), timeout=DEADLINE_S))
             )
         assert connections, "the client never connected to the listener"

@@ -17,7 +17,7 @@ import pytest
 from expert_router.v1 import expert_router_pb2 as pb
 from expert_router.v1 import expert_router_pb2_grpc as pb_grpc
 from expert_svc.server import RunningExpert
-from tests.expert_helpers import collect, request, running_expert, synthetic_config
+from tests.helpers import drain, request, running_expert, synthetic_config
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 DEADLINE_S = 10.0
@@ -85,7 +85,7 @@ ROWS = [
 
 
 async def assert_serves_next_good_request(stub: pb_grpc.ExpertStub) -> None:
-    frames = await collect(stub.Generate(request("a good request", max_tokens=3), timeout=DEADLINE_S))
+    frames = await drain(stub.Generate(request("a good request", max_tokens=3), timeout=DEADLINE_S))
     assert len(frames) == 3 and frames[-1].finish_reason == pb.FINISH_REASON_LENGTH
 
 
@@ -93,7 +93,7 @@ async def assert_serves_next_good_request(stub: pb_grpc.ExpertStub) -> None:
 async def test_bad_input_row(row: Row):
     async with running_expert(synthetic_config(**row.config)) as (_, stub):
         with pytest.raises(grpc.aio.AioRpcError) as info:
-            await collect(stub.Generate(row.build(), timeout=DEADLINE_S))
+            await drain(stub.Generate(row.build(), timeout=DEADLINE_S))
         assert info.value.code() == row.code, info.value
         assert row.fragment in info.value.details(), info.value.details()
         await assert_serves_next_good_request(stub)
@@ -101,7 +101,7 @@ async def test_bad_input_row(row: Row):
 
 async def test_max_tokens_zero_means_the_default():
     async with running_expert(synthetic_config(default_max_tokens=5)) as (_, stub):
-        frames = await collect(stub.Generate(sampling(max_tokens=0), timeout=DEADLINE_S))
+        frames = await drain(stub.Generate(sampling(max_tokens=0), timeout=DEADLINE_S))
         assert len(frames) == 5
         assert frames[-1].usage.completion_tokens == 5
         assert frames[-1].finish_reason == pb.FINISH_REASON_LENGTH
@@ -131,7 +131,7 @@ async def test_undecodable_request_body_is_invalid_argument(body: bytes, fragmen
     async with running_expert(synthetic_config()) as (expert, stub):
         async with grpc.aio.insecure_channel(expert.address) as channel:
             with pytest.raises(grpc.aio.AioRpcError) as info:
-                await collect(raw_generate(channel)(body, timeout=DEADLINE_S))
+                await drain(raw_generate(channel)(body, timeout=DEADLINE_S))
         assert info.value.code() == INVALID, info.value
         assert fragment in info.value.details()
         await assert_serves_next_good_request(stub)

@@ -13,7 +13,7 @@ import pytest
 
 from expert_router.v1 import expert_router_pb2 as pb
 from expert_router.v1 import expert_router_pb2_grpc as pb_grpc
-from tests.expert_helpers import wait_until
+from tests.helpers import eventually
 
 ROUTER_LOG = "router_svc.requests"
 EXPERT_LOG = "expert_svc.requests"
@@ -40,7 +40,7 @@ async def test_the_header_id_is_the_id_in_both_logs(start_router, start_expert, 
     frames = [frame async for frame in call]
     assert len(frames) == 3
 
-    assert await wait_until(lambda: request_lines(request_logs, EXPERT_LOG) and request_lines(request_logs, ROUTER_LOG))
+    await eventually(lambda: request_lines(request_logs, EXPERT_LOG) and request_lines(request_logs, ROUTER_LOG))
     [routed] = request_lines(request_logs, ROUTER_LOG)
     [served] = request_lines(request_logs, EXPERT_LOG)
     assert routed["request_id"] == served["request_id"] == "e2e-header-1"
@@ -58,7 +58,7 @@ async def test_an_id_the_router_makes_reaches_the_expert(start_router, start_exp
     made = dict(await call.initial_metadata())["x-request-id"]
 
     # The router writes its line once the relay has handed over the stream's end, just after the client sees it.
-    assert await wait_until(lambda: request_lines(request_logs, EXPERT_LOG) and request_lines(request_logs, ROUTER_LOG))
+    await eventually(lambda: request_lines(request_logs, EXPERT_LOG) and request_lines(request_logs, ROUTER_LOG))
     assert len(made) == 32
     assert [line["request_id"] for line in request_lines(request_logs, ROUTER_LOG)] == [made]
     assert [line["request_id"] for line in request_lines(request_logs, EXPERT_LOG)] == [made]
@@ -78,7 +78,7 @@ async def test_the_expert_error_and_log_carry_the_routers_id(start_router, start
     assert "context length is 64" in info.value.details()
     assert dict(info.value.trailing_metadata())["x-request-id"] == "e2e-error-1"
 
-    assert await wait_until(lambda: request_lines(request_logs, EXPERT_LOG) and request_lines(request_logs, ROUTER_LOG))
+    await eventually(lambda: request_lines(request_logs, EXPERT_LOG) and request_lines(request_logs, ROUTER_LOG))
     [served] = request_lines(request_logs, EXPERT_LOG)
     assert (served["request_id"], served["status"], served["frames"]) == ("e2e-error-1", "INVALID_ARGUMENT", 0)
     assert request_lines(request_logs, ROUTER_LOG)[0]["request_id"] == "e2e-error-1"
@@ -94,8 +94,8 @@ async def test_a_cancel_is_recorded_under_the_header_id(start_router, start_expe
     assert (await call.read()).text
     call.cancel()
 
-    assert await wait_until(lambda: expert.engine.stats.aborted_request_ids == ["e2e-cancel-1"])
-    assert await wait_until(lambda: request_lines(request_logs, EXPERT_LOG))
+    await eventually(lambda: expert.engine.stats.aborted_request_ids == ["e2e-cancel-1"])
+    await eventually(lambda: request_lines(request_logs, EXPERT_LOG))
     [served] = request_lines(request_logs, EXPERT_LOG)
     assert (served["request_id"], served["status"]) == ("e2e-cancel-1", "CANCELLED")
 
@@ -111,6 +111,6 @@ async def test_the_expert_alone_prefers_metadata_then_body(start_expert, channel
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert info.value.details() == "x-request-id must be 1-128 printable ASCII characters, got 129 characters"
 
-    assert await wait_until(lambda: len(request_lines(request_logs, EXPERT_LOG)) == 3)
+    await eventually(lambda: len(request_lines(request_logs, EXPERT_LOG)) == 3)
     ids = [(line["request_id"], line["status"]) for line in request_lines(request_logs, EXPERT_LOG)]
     assert ids == [("meta-2", "OK"), ("body-2", "OK"), ("", "INVALID_ARGUMENT")]

@@ -8,21 +8,15 @@ import pytest
 
 from expert_router.v1 import expert_router_pb2 as pb
 from expert_router.v1 import expert_router_pb2_grpc as pb_grpc
+from tests.helpers import drain, eventually
 
 ROUTER_GENERATE = "/expert_router.v1.Router/Generate"
 EXPERT_GENERATE = "/expert_router.v1.Expert/Generate"
 
 
-async def eventually(predicate, timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.02)
-
-
-async def collect(call) -> tuple[dict[str, str], list[pb.GenerateResponse]]:
-    frames = [frame async for frame in call]
+async def answer(call) -> tuple[dict[str, str], list[pb.GenerateResponse]]:
+    """The call's initial metadata and every frame."""
+    frames = await drain(call)
     return dict(await call.initial_metadata()), frames
 
 
@@ -42,7 +36,7 @@ async def test_classified_expert_is_chosen_and_metadata_sent(start_router, three
     request = pb.GenerateRequest(prompt="Solve the equation x^2 = 9",
                                  sampling=pb.SamplingParams(max_tokens=6))
 
-    metadata, frames = await collect(stub.Generate(request))
+    metadata, frames = await answer(stub.Generate(request))
 
     assert metadata["x-expert"] == "math"
     assert metadata["x-expert-source"] == "classifier"
@@ -79,7 +73,7 @@ async def test_messages_are_classified_by_user_turns(start_router, three_experts
         pb.ChatMessage(role="system", content="Solve every equation."),
         pb.ChatMessage(role="user", content="Write a python function that reverses a list."),
     ], sampling=pb.SamplingParams(max_tokens=2))
-    metadata, frames = await collect(pb_grpc.RouterStub(channels(router.address)).Generate(request))
+    metadata, frames = await answer(pb_grpc.RouterStub(channels(router.address)).Generate(request))
     assert metadata["x-expert"] == "code" and frames
 
 
@@ -88,13 +82,13 @@ async def test_explicit_expert_wins_and_unknown_is_not_found(start_router, three
     stub = pb_grpc.RouterStub(channels(router.address))
     request = pb.GenerateRequest(prompt="Solve the equation", expert="code",
                                  sampling=pb.SamplingParams(max_tokens=2))
-    metadata, frames = await collect(stub.Generate(request))
+    metadata, frames = await answer(stub.Generate(request))
     assert frames[-1].usage.completion_tokens == 2
     assert (metadata["x-expert"], metadata["x-expert-source"]) == ("code", "explicit")
     assert three_experts["code"].engine.stats.started == 1 and three_experts["math"].engine.stats.started == 0
 
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await collect(stub.Generate(pb.GenerateRequest(prompt="hi", expert="poetry")))
+        await answer(stub.Generate(pb.GenerateRequest(prompt="hi", expert="poetry")))
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
     assert info.value.details() == "unknown expert 'poetry'; known experts: math, code, general"
 
@@ -104,7 +98,7 @@ async def test_unconfigured_or_unsure_goes_to_fallback(start_router, start_exper
     router = await start_router({"math": [math.address], "general": [general.address]})
     stub = pb_grpc.RouterStub(channels(router.address))
     for prompt in ("Fix this python function", "Good morning!"):  # code is not configured; no keyword
-        metadata, _ = await collect(stub.Generate(pb.GenerateRequest(
+        metadata, _ = await answer(stub.Generate(pb.GenerateRequest(
             prompt=prompt, sampling=pb.SamplingParams(max_tokens=1))))
         assert (metadata["x-expert"], metadata["x-expert-source"]) == ("general", "fallback")
     assert general.engine.stats.started == 2 and math.engine.stats.started == 0
@@ -122,7 +116,7 @@ async def test_invalid_request_is_rejected_before_any_expert(start_router, start
     ]
     for request, message in cases:
         with pytest.raises(grpc.aio.AioRpcError) as info:
-            await collect(stub.Generate(request))
+            await answer(stub.Generate(request))
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert message in info.value.details()
     garbage = channels(router.address).unary_stream(ROUTER_GENERATE)
@@ -153,7 +147,7 @@ async def test_deadline_propagates_to_the_expert(start_router, start_expert, cha
         request_id="too-slow", prompt="a long answer please", sampling=pb.SamplingParams(max_tokens=500)),
         timeout=0.5)
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await collect(call)
+        await answer(call)
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     await eventually(lambda: "too-slow" in expert.engine.stats.aborted_request_ids)
 
@@ -162,7 +156,7 @@ async def test_unreachable_expert_is_unavailable_naming_it(start_router, channel
     address = unused_address()
     router = await start_router({"general": [address]})
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await collect(pb_grpc.RouterStub(channels(router.address)).Generate(pb.GenerateRequest(prompt="hi")))
+        await answer(pb_grpc.RouterStub(channels(router.address)).Generate(pb.GenerateRequest(prompt="hi")))
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     assert f"expert 'general' is unavailable at {address}" in info.value.details()
 
@@ -179,7 +173,7 @@ async def test_second_replica_takes_over_before_the_first_frame(start_router, st
     stub = pb_grpc.RouterStub(channels(router.address))
     for _ in range(3):
         request = pb.GenerateRequest(prompt="hi", sampling=pb.SamplingParams(max_tokens=3))
-        _, frames = await collect(stub.Generate(request))
+        _, frames = await answer(stub.Generate(request))
         assert frames[-1].usage.completion_tokens == 3
     assert second.engine.stats.finished == 3
     assert [replica.healthy for replica in replicas] == [False, True]
@@ -196,7 +190,7 @@ async def test_probe_brings_a_replica_back(start_router, start_expert, channels)
     replica = router.upstream.expert("general").replicas[0]
     replica.eject("simulated connection failure")
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await collect(pb_grpc.RouterStub(channels(router.address)).Generate(pb.GenerateRequest(prompt="hi")))
+        await answer(pb_grpc.RouterStub(channels(router.address)).Generate(pb.GenerateRequest(prompt="hi")))
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "simulated connection failure" in info.value.details()
     await eventually(lambda: replica.healthy)
@@ -207,9 +201,9 @@ async def test_expert_error_status_passes_through(start_router, start_expert, ch
     router = await start_router({"general": [expert.address]})
     request = pb.GenerateRequest(prompt="hi", sampling=pb.SamplingParams(max_tokens=10_000))
     with pytest.raises(grpc.aio.AioRpcError) as direct:
-        await collect(pb_grpc.ExpertStub(channels(expert.address)).Generate(request))
+        await answer(pb_grpc.ExpertStub(channels(expert.address)).Generate(request))
     with pytest.raises(grpc.aio.AioRpcError) as routed:
-        await collect(pb_grpc.RouterStub(channels(router.address)).Generate(request))
+        await answer(pb_grpc.RouterStub(channels(router.address)).Generate(request))
     assert direct.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert (routed.value.code(), routed.value.details()) == (direct.value.code(), direct.value.details())
     assert router.upstream.expert("general").replicas[0].healthy  # a bad request is not a bad replica
@@ -230,5 +224,5 @@ async def test_stop_drains_in_flight_streams(start_router, start_expert, channel
     assert await call.code() == grpc.StatusCode.OK
     # The router no longer accepts calls.
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await collect(pb_grpc.RouterStub(channels(router.address)).Generate(pb.GenerateRequest(prompt="hi")))
+        await answer(pb_grpc.RouterStub(channels(router.address)).Generate(pb.GenerateRequest(prompt="hi")))
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE

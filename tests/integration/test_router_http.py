@@ -18,7 +18,7 @@ import pytest
 
 from expert_router.v1 import expert_router_pb2 as pb
 from expert_router.v1 import expert_router_pb2_grpc as pb_grpc
-from tests.expert_helpers import wait_until
+from tests.helpers import eventually
 
 CHAT = "/v1/chat/completions"
 MATH_PROMPT = "Solve the equation x^2 = 9"
@@ -211,9 +211,9 @@ async def test_client_disconnect_aborts_the_generation(start_router, start_exper
         await response.content.readline()  # the stream has begun
         assert expert.engine.stats.active == 1
         response.close()  # drops the connection mid-stream
-    assert await wait_until(lambda: expert.engine.stats.aborted == 1, timeout=10)
+    await eventually(lambda: expert.engine.stats.aborted == 1)
     assert expert.engine.stats.aborted_request_ids == ["http-disconnect-1"]
-    assert await wait_until(lambda: router.state.active == 0 and router.admission.total == 0)
+    await eventually(lambda: router.state.active == 0 and router.admission.total == 0)
     assert router.upstream.status()[0][1][0].outstanding == 0
 
 
@@ -224,11 +224,11 @@ async def test_client_disconnect_before_the_first_token_aborts_too(start_router,
         task = asyncio.ensure_future(session.post(
             f"http://{router.http.address}{CHAT}", headers={"x-request-id": "http-disconnect-2"},
             json={"model": "auto", "messages": [{"role": "user", "content": "hi"}], "stream": False}))
-        assert await wait_until(lambda: expert.engine.stats.active == 1)
+        await eventually(lambda: expert.engine.stats.active == 1)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-    assert await wait_until(lambda: expert.engine.stats.aborted == 1, timeout=10)
+    await eventually(lambda: expert.engine.stats.aborted == 1)
     assert expert.engine.stats.aborted_request_ids == ["http-disconnect-2"]
 
 

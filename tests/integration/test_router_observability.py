@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from expert_router.v1 import expert_router_pb2 as pb
 from expert_router.v1 import expert_router_pb2_grpc as pb_grpc
+from tests.helpers import drain, eventually
 
 
 class FakeExpert(pb_grpc.ExpertServicer):
@@ -62,19 +63,10 @@ def scrape(address: str) -> dict[str, float]:
     return samples
 
 
-async def settled(router, timeout: float = 5.0) -> None:
+async def settled(router) -> None:
     """Waits until every stream's accounting is done: the native relay reports a stream's end to
     Python just after the client has seen it, so metrics and logs may lag the client by a moment."""
-    async with asyncio.timeout(timeout):
-        while router.state.active or router.admission.total:
-            await asyncio.sleep(0.01)
-
-
-async def drain(call) -> list[pb.GenerateResponse]:
-    frames = []
-    while (frame := await call.read()) is not grpc.aio.EOF:
-        frames.append(frame)
-    return frames
+    await eventually(lambda: not (router.state.active or router.admission.total), what="streams accounted")
 
 
 async def test_request_id_and_trace_context_reach_the_expert(start_router, fake_expert, channels) -> None:

@@ -9,25 +9,17 @@ import pytest
 
 from expert_router.v1 import expert_router_pb2 as pb
 from expert_router.v1 import expert_router_pb2_grpc as pb_grpc
+from tests.helpers import drain, eventually
 
 
-async def released(router, timeout: float = 5.0) -> None:
+async def released(router) -> None:
     """Waits until every admission slot is back: the native relay reports a stream's end to Python
     just after the client has seen it, so the slot may be released a moment later."""
-    async with asyncio.timeout(timeout):
-        while router.admission.total:
-            await asyncio.sleep(0.01)
+    await eventually(lambda: not router.admission.total, what="every admission slot released")
 
 
 def long_request(max_tokens: int = 200) -> pb.GenerateRequest:
     return pb.GenerateRequest(prompt="hi", sampling=pb.SamplingParams(max_tokens=max_tokens))
-
-
-async def drain(call) -> list[pb.GenerateResponse]:
-    frames = []
-    while (frame := await call.read()) is not grpc.aio.EOF:
-        frames.append(frame)
-    return frames
 
 
 async def test_over_the_bound_is_refused_at_once_with_a_retry_hint(start_router, start_expert, channels) -> None:
@@ -46,12 +38,12 @@ async def test_over_the_bound_is_refused_at_once_with_a_retry_hint(start_router,
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "the router is at capacity (2 streams in flight, max_in_flight)" in info.value.details()
     assert dict(info.value.trailing_metadata())["retry-after-ms"] == "350"
-    assert elapsed < 0.5  # refused, not queued behind the 10 s streams
+    assert elapsed < 5.0  # refused, not queued behind the 10 s streams (a bound loose enough for a busy machine)
     assert expert.engine.stats.started == 2
 
     for call in running:
         call.cancel()
-    await asyncio.sleep(0.1)
+    await released(router)
     frames = await drain(stub.Generate(long_request(2)))  # slots are free again
     assert frames[-1].usage.completion_tokens == 2
 
@@ -81,8 +73,7 @@ async def test_queue_admits_in_order_and_times_out(start_router, start_expert, c
     assert (await first.read()).text
     queued = [stub.Generate(pb.GenerateRequest(request_id=f"q{i}", prompt="hi",
                                                sampling=pb.SamplingParams(max_tokens=3))) for i in range(2)]
-    await asyncio.sleep(0.05)
-    assert router.admission.queued == 2
+    await eventually(lambda: router.admission.queued == 2)
     over = stub.Generate(long_request(2))  # the queue is full: refused at once
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await drain(over)
@@ -104,7 +95,7 @@ async def test_queue_admits_in_order_and_times_out(start_router, start_expert, c
         await drain(stub.Generate(long_request(2)))
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "no slot freed within 0.2 s" in info.value.details()
-    assert 0.15 < time.perf_counter() - started < 1.5
+    assert 0.15 < time.perf_counter() - started < 10.0  # waited its 0.2 s; the upper bound is a hang guard
     holder.cancel()
 
 

@@ -16,6 +16,7 @@ import pytest
 from expert_router.v1 import expert_router_pb2 as pb
 from expert_router.v1 import expert_router_pb2_grpc as pb_grpc
 from router_svc.config import LOCAL_EXPERT_PORTS
+from tests.helpers import drain, eventually
 
 ARTIFACT = Path(__file__).resolve().parents[2] / "router_svc" / "classifier_data" / "model.onnx"
 needs_classifier = pytest.mark.skipif(not ARTIFACT.exists(),
@@ -80,6 +81,7 @@ async def test_bad_config_file_exits_2_naming_the_key(tmp_path: Path) -> None:
     assert "min_confidence: expected a number" in stderr.decode()
 
 
+@pytest.mark.slow
 @needs_classifier
 async def test_router_process_serves_and_exits_0_on_sigterm(start_expert, relay: str) -> None:
     expert = await start_expert("general", tokens_per_second=20.0)
@@ -149,6 +151,7 @@ async def test_local_stack_starts_routes_and_stops_cleanly(tmp_path: Path) -> No
             await process.wait()
 
 
+@pytest.mark.slow
 @needs_classifier
 async def test_workers_share_one_port_and_exit_0_on_sigterm(start_expert, tmp_path: Path, relay: str) -> None:
     import json
@@ -165,10 +168,7 @@ async def test_workers_share_one_port_and_exit_0_on_sigterm(start_expert, tmp_pa
             "--expert", f"general={expert.address}", "--metrics-listen", f"127.0.0.1:{metrics_port}",
             "--http-listen", "127.0.0.1:0", stderr=log_file)
     try:
-        for _ in range(600):
-            if log_path.read_text().count("router listening on") == 2:
-                break
-            await asyncio.sleep(0.05)
+        await eventually(lambda: log_path.read_text().count("router listening on") == 2, timeout=60)
         text = log_path.read_text()
         addresses = set(re.findall(r"router listening on (127\.0\.0\.1:\d+)", text))
         assert len(addresses) == 1, text  # both workers on the port the parent picked
@@ -176,17 +176,14 @@ async def test_workers_share_one_port_and_exit_0_on_sigterm(start_expert, tmp_pa
         request = pb.GenerateRequest(prompt="hello", sampling=pb.SamplingParams(max_tokens=2))
         for _ in range(16):  # a new connection each time: the kernel spreads them over the workers
             async with grpc.aio.insecure_channel(address) as channel:
-                frames = [frame async for frame in pb_grpc.RouterStub(channel).Generate(request)]
+                frames = await drain(pb_grpc.RouterStub(channel).Generate(request))
                 assert frames[-1].usage.completion_tokens == 2
         def request_lines() -> list[dict]:
             return [json.loads(line) for line in log_path.read_text().splitlines()
                     if line.startswith("{") and '"event":"request"' in line]
 
         # A stream's log line and metrics follow its end (with the native relay, just after the client saw it).
-        for _ in range(100):
-            if len(request_lines()) >= 16:
-                break
-            await asyncio.sleep(0.05)
+        await eventually(lambda: len(request_lines()) >= 16)
         requests = request_lines()
         assert len(requests) == 16
         assert len({r["pid"] for r in requests}) == 2

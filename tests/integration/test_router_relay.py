@@ -6,20 +6,13 @@ upstream stream behind: the expert aborts every generation, and the router's own
 """
 from __future__ import annotations
 
-import asyncio
-
 import grpc
 
 from expert_router.v1 import expert_router_pb2 as pb
 from expert_router.v1 import expert_router_pb2_grpc as pb_grpc
+from tests.helpers import eventually
 
 STREAMS = 12
-
-
-async def eventually(predicate, timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.02)
 
 
 async def test_vanished_clients_leave_no_upstream_stream_open(start_router, start_expert, relay) -> None:

@@ -14,6 +14,7 @@ from expert_router.v1 import expert_router_pb2 as pb
 from expert_router.v1 import expert_router_pb2_grpc as pb_grpc
 from router_svc import config
 from router_svc.reload import ConfigReloader
+from tests.helpers import drain, eventually
 
 ARTIFACT = Path(__file__).resolve().parents[2] / "router_svc" / "classifier_data" / "model.onnx"
 
@@ -29,22 +30,6 @@ def loader(path: Path):
     config.add_arguments(parser)
     args = parser.parse_args(["--config", str(path), "--listen", "127.0.0.1:0", "--workers", "1"])
     return lambda: config.from_sources(args)
-
-
-async def drain(call) -> list[pb.GenerateResponse]:
-    frames = []
-    while (frame := await call.read()) is not grpc.aio.EOF:
-        frames.append(frame)
-    return frames
-
-
-async def eventually(predicate, timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.02)
 
 
 async def test_reload_swaps_experts_keeps_streams_and_rejects_bad_files(
@@ -90,6 +75,7 @@ async def test_reload_swaps_experts_keeps_streams_and_rejects_bad_files(
         await router.stop(0)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not ARTIFACT.exists(), reason="the packaged classifier is not built yet")
 async def test_sighup_reloads_a_router_process(tmp_path: Path, start_expert, relay: str) -> None:
     first, second = await start_expert("general"), await start_expert("general")
@@ -101,7 +87,7 @@ async def test_sighup_reloads_a_router_process(tmp_path: Path, start_expert, rel
             sys.executable, "-m", "router_svc", "--config", str(path), "--listen", "127.0.0.1:0",
             "--workers", "1", "--relay", relay, stderr=log_file)
     try:
-        await eventually(lambda: "router listening on" in log_path.read_text(), timeout=30)
+        await eventually(lambda: "router listening on" in log_path.read_text())
         address = log_path.read_text().split("router listening on ")[1].split(";")[0]
         async with grpc.aio.insecure_channel(address) as channel:
             stub = pb_grpc.RouterStub(channel)
@@ -111,13 +97,13 @@ async def test_sighup_reloads_a_router_process(tmp_path: Path, start_expert, rel
 
             write_config(path, {"general": second.address}, reload_poll_s=3600)
             process.send_signal(signal.SIGHUP)
-            await eventually(lambda: "config reloaded (SIGHUP)" in log_path.read_text(), timeout=10)
+            await eventually(lambda: "config reloaded (SIGHUP)" in log_path.read_text())
             await drain(stub.Generate(request))
             assert second.engine.stats.finished == 1 and first.engine.stats.finished == 1
 
             path.write_text("experts: {general: 'nowhere'}\n")
             process.send_signal(signal.SIGHUP)
-            await eventually(lambda: "rejected, keeping the running config" in log_path.read_text(), timeout=10)
+            await eventually(lambda: "rejected, keeping the running config" in log_path.read_text())
             await drain(stub.Generate(request))
             assert second.engine.stats.finished == 2
         process.send_signal(signal.SIGTERM)

@@ -8,22 +8,7 @@ import pytest
 
 from expert_router.v1 import expert_router_pb2 as pb
 from expert_router.v1 import expert_router_pb2_grpc as pb_grpc
-
-
-async def eventually(predicate, timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.02)
-
-
-async def rest_of(call) -> list[pb.GenerateResponse]:
-    frames = []
-    while (frame := await call.read()) is not grpc.aio.EOF:
-        frames.append(frame)
-    return frames
+from tests.helpers import drain, eventually
 
 
 async def generate(stub, prompt: str = "hi", max_tokens: int = 2, **fields):
@@ -75,7 +60,7 @@ async def test_dns_changes_add_and_remove_replicas_without_dropping_streams(
     _, frames = await generate(stub)
     assert second.engine.stats.finished == 1 and frames
 
-    rest = await rest_of(long_call)
+    rest = await drain(long_call)
     assert rest[-1].usage.completion_tokens == 20  # the stream survived the change
     await eventually(lambda: old_replica.channel.get_state() == grpc.ChannelConnectivity.SHUTDOWN)
 
@@ -93,7 +78,7 @@ async def test_failing_replica_is_ejected_and_returns_after_backoff(start_router
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await generate(stub)
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE and "simulated" in info.value.details()
-    await eventually(lambda: replica.healthy, timeout=2.0)
+    await eventually(lambda: replica.healthy)
     _, frames = await generate(stub)
     assert frames[-1].usage.completion_tokens == 2
     await eventually(lambda: replica.ejections == 0)  # a success resets the backoff (at the stream's end)
@@ -119,7 +104,7 @@ async def test_killed_expert_leaves_rotation_and_returns_when_restarted(
     assert second.engine.stats.finished == 3
 
     restarted = await start_expert("general", listen=first.address)
-    await eventually(lambda: replicas[0].healthy, timeout=5.0)
+    await eventually(lambda: replicas[0].healthy)
     # Fewest outstanding first: concurrent streams now reach both replicas.
     await asyncio.gather(*(generate(stub, max_tokens=5) for _ in range(4)))
     assert restarted.engine.stats.finished >= 1
@@ -133,7 +118,7 @@ async def test_slow_expert_mid_stream_error_passes_through(start_router, start_e
     assert (await call.read()).text
     await slow.stop(0)  # killed after the first frame: the client sees the error, no retry
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await rest_of(call)
+        await drain(call)
     assert info.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
 
 

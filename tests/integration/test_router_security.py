@@ -261,6 +261,7 @@ async def test_message_size_limits_are_explicit(start_router, start_expert) -> N
     (["--upstream-tls-ca", "{missing}"], "does not exist"),
     (["--auth-tokens", "{bad_tokens}"], "token 'weak'.token: expected a string of at least 16 characters"),
 ], ids=["key not matching its certificate", "missing CA file", "bad token file"])
+@pytest.mark.slow
 async def test_bad_security_files_stop_the_start_with_status_2(flags, fragment, pki, tmp_path: Path) -> None:
     import asyncio
     import sys

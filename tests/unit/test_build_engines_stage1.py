@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,6 @@ import pytest
 from expert_svc.build_engines.manifest import parse_manifest
 from expert_svc.build_engines.pipeline import run_stage1
 
-FAKES = Path(__file__).resolve().parents[1] / "fakes"
 # Importing torch takes half a minute on a busy 2-core machine: only when these tests run.
 pytestmark = [pytest.mark.slow]
 
@@ -24,11 +22,8 @@ pytestmark = [pytest.mark.slow]
 @pytest.fixture
 def fakes(monkeypatch):
     pytest.importorskip("torch", reason="the fakes build a tiny torch model (make test installs it)")
-    sys.path.insert(0, str(FAKES))
-    try:
-        import stage1_libraries
-    finally:
-        sys.path.remove(str(FAKES))
+    from tests.fakes import stage1_libraries
+
     return stage1_libraries.install(monkeypatch)
 
 

@@ -176,6 +176,7 @@ def _cli() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "router_svc.cli"]
 
 
+@pytest.mark.slow
 def test_cli_classify_prints_one_json_line_per_prompt() -> None:
     result = subprocess.run([*_cli(), "classify",
                              "Write a Python function that parses a JSON file and returns a dict.",
@@ -191,6 +192,7 @@ def test_cli_classify_prints_one_json_line_per_prompt() -> None:
     assert first["classifier_version"].startswith("ngram-m2v-lr-")
 
 
+@pytest.mark.slow
 def test_cli_classify_reads_stdin_and_falls_back() -> None:
     result = subprocess.run([*_cli(), "classify", "--min-confidence", "1.0", "--fallback", "general"],
                             input="Explain recursion in Python.\nWho painted the Mona Lisa?\n",

@@ -2,7 +2,7 @@
 
 import pytest
 
-from expert_svc.config import ExpertConfig, config_from_args, default_threads, split_host_port
+from expert_svc.config import ExpertConfig, check_files, config_from_args, default_threads, split_host_port
 
 
 def test_defaults_need_only_a_name():
@@ -79,7 +79,6 @@ def test_config_is_frozen():
         ({"name": "x", "default_max_tokens": 5000}, "default_max_tokens"),
         ({"name": "x", "grace_s": -1}, "grace_s"),
         ({"name": "x", "engine": "synthetic", "model": "/m.gguf"}, "llamacpp and trtllm engines"),
-        ({"name": "x", "model": "/does/not/exist.gguf"}, "model file not found"),
         ({"name": "x", "log_level": "LOUD"}, "log level"),
     ],
 )
@@ -87,6 +86,18 @@ def test_invalid_config_raises_clear_value_error(fields, needle):
     with pytest.raises(ValueError) as info:
         ExpertConfig(**fields)
     assert needle in str(info.value)
+
+
+def test_missing_files_are_named_at_start_not_at_construction(tmp_path):
+    # Building a config reads nothing; check_files (run by __main__ and server.bind) looks at the files.
+    cfg = ExpertConfig(name="x", model="/does/not/exist.gguf")
+    with pytest.raises(ValueError, match="model file not found: /does/not/exist.gguf"):
+        check_files(cfg)
+    with pytest.raises(ValueError, match="model file not found"):
+        check_files(config_from_args(["--name", "x", "--listen", "127.0.0.1:0", "--model", "/does/not/exist.gguf"]))
+    with pytest.raises(ValueError, match="trtllm engine needs --model DIR"):
+        check_files(ExpertConfig(name="x", engine="trtllm", model=str(tmp_path / "absent")))
+    check_files(ExpertConfig(name="x", engine="trtllm", model=str(tmp_path)))
 
 
 def test_split_host_port_handles_ipv6():

@@ -9,6 +9,7 @@ from benchmarks import fuzz
 EXAMPLES = 150
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", sorted(fuzz.TARGETS))
 def test_fuzz_target_finds_no_failures(target):
     result = fuzz.TARGETS[target](EXAMPLES, 1234)

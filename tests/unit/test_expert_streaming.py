@@ -7,7 +7,7 @@ import pytest
 from expert_svc.config import ExpertConfig, config_from_args
 from expert_svc.streaming import coalesce
 from expert_svc.types import Delta, FinishReason
-from tests.expert_helpers import request, running_expert, synthetic_config
+from tests.helpers import request, running_expert, synthetic_config
 
 
 async def _stream(deltas):

@@ -8,6 +8,7 @@ import pytest
 from expert_svc.engines.base import StopMatcher
 from expert_svc.engines.synthetic import VOCABULARY, SyntheticEngine
 from expert_svc.types import ChatMessage, EngineRequest, FinishReason, SamplingParams
+from tests.helpers import eventually
 
 
 def make_request(prompt="tell me something", request_id="r", **sampling):
@@ -82,15 +83,16 @@ async def test_cancelling_the_consumer_aborts_the_engine_request():
             got.append(d)
 
     task = asyncio.create_task(consume())
-    while len(got) < 2:
-        await asyncio.sleep(0.01)
+    await eventually(lambda: len(got) >= 2)
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
     assert engine.stats.aborted_request_ids == ["victim"]
     assert engine.stats.active == 0
     count = len(got)
-    await asyncio.sleep(0.2)  # four more tokens would be due by now if it were still generating
+    # Nothing must happen now, which no condition can signal: wait the time in which four more
+    # tokens would be due if it were still generating.
+    await asyncio.sleep(0.2)
     assert len(got) == count < 1000
 
 

@@ -6,7 +6,7 @@ import grpc
 import pytest
 
 from expert_svc.__main__ import main
-from expert_svc.config import ExpertConfig, config_from_args
+from expert_svc.config import ExpertConfig, check_files, config_from_args
 from service_base.tls import channel_credentials, server_credentials
 from tests.certs import make_pki
 
@@ -94,7 +94,7 @@ def test_config_rejects_incomplete_or_wrong_tls(pki, fields, needle):
     paths = {"CERT": str(pki.server.cert), "KEY": str(pki.server.key), "CA": str(pki.ca.cert),
              "OTHER_KEY": str(pki.mismatched_key)}
     with pytest.raises(ValueError, match=needle):
-        ExpertConfig(name="x", engine="synthetic", **{k: paths[v] for k, v in fields.items()})
+        check_files(ExpertConfig(name="x", engine="synthetic", **{k: paths[v] for k, v in fields.items()}))
 
 
 def test_cli_exits_2_with_the_reason(pki, capsys):

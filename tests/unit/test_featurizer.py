@@ -135,6 +135,7 @@ def test_hostile_text_gives_valid_features(featurizer: core.Featurizer,
         assert ids.tolist() == reference.transform(text)[0].tolist()
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(st.text(alphabet=st.characters(codec=None), max_size=200))
 def test_any_unicode_matches_the_reference(text: str) -> None:

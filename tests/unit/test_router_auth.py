@@ -16,7 +16,7 @@ from router_svc.auth import (
     load_tokens,
     rejecting_handler,
 )
-from router_svc.config import ConfigError, RouterConfig, UpstreamExpert, from_sources
+from router_svc.config import ConfigError, RouterConfig, UpstreamExpert, check_files, from_sources
 from tests.certs import make_pki
 
 ALICE = "alice-token-0123456789"
@@ -182,8 +182,18 @@ def test_tls_settings_are_checked_at_load(pki) -> None:
     ]
     for fields, fragment in cases:
         with pytest.raises(ConfigError) as info:
-            RouterConfig(EXPERTS, **fields)
+            check_files(RouterConfig(EXPERTS, **fields))
         assert fragment in str(info.value), fields
+
+
+def test_building_a_config_reads_no_file(pki, tmp_path: Path) -> None:
+    """Validation is pure: paths that do not exist pass construction, and check_files names them."""
+    missing = str(tmp_path / "nowhere.pem")
+    cfg = RouterConfig(EXPERTS, tls_cert=missing, tls_key=missing, upstream_tls_ca=missing)
+    with pytest.raises(ConfigError, match=f"TLS certificate '{missing}' does not exist"):
+        check_files(cfg)
+    with pytest.raises(ConfigError, match=f"server CA '{missing}' does not exist"):
+        check_files(cfg.with_overrides(tls_cert=None, tls_key=None))
 
 
 def test_security_flags_and_yaml_keys(pki, tmp_path: Path) -> None:

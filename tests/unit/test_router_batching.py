@@ -52,7 +52,7 @@ async def test_requests_arriving_during_a_batch_share_the_next_one() -> None:
         first = asyncio.create_task(batcher.score("a"))
         assert await asyncio.to_thread(fake.entered.wait, 5)  # the first batch runs, held at the gate
         rest = [asyncio.create_task(batcher.score("b" * n)) for n in range(1, 7)]
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0)  # one turn of the loop: each task above queues its prompt and waits
         fake.gate.set()
         rows = await asyncio.gather(first, *rest)
         assert [row[0] for row in rows] == [1, 1, 2, 3, 4, 5, 6]
@@ -91,7 +91,7 @@ async def test_cancelled_request_is_skipped_and_close_refuses_new_work() -> None
     assert await asyncio.to_thread(fake.entered.wait, 5)
     gone = asyncio.create_task(batcher.score("gone"))
     kept = asyncio.create_task(batcher.score("kept"))
-    await asyncio.sleep(0.01)
+    await asyncio.sleep(0)  # one turn of the loop: both tasks queue their prompts and wait
     gone.cancel()
     fake.gate.set()
     await first

@@ -152,7 +152,7 @@ def test_dns_experts_from_flags_and_yaml(tmp_path: Path) -> None:
     ("experts: {general: 'h:1'}\neject_base_s: 5\neject_max_s: 1\n", "eject_max_s: expected a number in"),
     ("experts: {general: 'h:1'}\nlog_prompts: 'yes'\n", "log_prompts: expected true or false"),
     ("experts: {general: 'h:1'}\nmax_ejected_percent: 101\n",
-     r"max_ejected_percent: expected a number in \[0, 100\]"),
+     r"max_ejected_percent: expected an integer in \[0, 100\]"),
     ("experts: {general: 'h:1'}\nmax_ejected_percent: 0.5\n", "max_ejected_percent: expected an integer"),
     ("experts: {general: 'h:1'}\nhttp_listen: 8000\n", "http_listen: expected a non-empty string"),
     ("experts: {general: 'h:1'}\nhttp_listen: 'localhost'\n", "http_listen: expected HOST:PORT"),

@@ -8,8 +8,14 @@ import pytest
 
 from router_svc.config import UpstreamExpert
 from router_svc.errors import ExpertUnavailable, UnknownExpert, UpstreamError
-from router_svc.upstream import (ExpertPool, UpstreamFailure, UpstreamPool, UpstreamSettings, channel_options,
-                                 release_replica)
+from router_svc.upstream import (
+    ExpertPool,
+    UpstreamFailure,
+    UpstreamPool,
+    UpstreamSettings,
+    channel_options,
+    release_replica,
+)
 
 SETTINGS = UpstreamSettings(max_message_bytes=1 << 20)
 

@@ -171,6 +171,7 @@ SMALL = TrainSettings(featurizer=FeaturizerConfig(num_buckets=1 << 12), C_grid=(
                       class_weight_grid=(None,), max_iter=300, word_featurizer=None, extra_sources=())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("table_dtype", ["float32", "float16"])
 def test_train_export_reload_predict(tmp_path: Path, table_dtype: str) -> None:
     settings = replace(SMALL, table_dtype=table_dtype)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
-import sys
 import threading
 from pathlib import Path
 
@@ -21,20 +20,8 @@ from expert_svc.engines.trtllm import (
 )
 from expert_svc.errors import EngineFailedError, EngineUnavailableError, InvalidRequestError
 from expert_svc.types import ChatMessage, EngineRequest, FinishReason, SamplingParams
-
-FAKES = Path(__file__).resolve().parents[1] / "fakes"
-sys.path.insert(0, str(FAKES))
-try:
-    from llama3_tokenizer import FakeLlama3Tokenizer
-    from trtllm_env import drop_tensorrt_llm_modules, use_fake_tensorrt_llm, write_engine_dir, write_hf_dir
-finally:
-    sys.path.remove(str(FAKES))
-
-
-@pytest.fixture
-def fake_trtllm(monkeypatch):
-    """The FAKE tensorrt_llm is importable for one test; yields its control module."""
-    yield from use_fake_tensorrt_llm(monkeypatch)
+from tests.fakes.llama3_tokenizer import FakeLlama3Tokenizer
+from tests.fakes.trtllm_env import drop_tensorrt_llm_modules, write_engine_dir, write_hf_dir
 
 
 @pytest.fixture

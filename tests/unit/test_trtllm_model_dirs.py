@@ -4,19 +4,12 @@ and what to do, and exit status 2, before anything is bound or imported (no Tens
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
 from expert_svc.__main__ import main
-
-FAKES = Path(__file__).resolve().parents[1] / "fakes"
-sys.path.insert(0, str(FAKES))
-try:
-    from trtllm_env import write_engine_dir, write_hf_dir
-finally:
-    sys.path.remove(str(FAKES))
+from tests.fakes.trtllm_env import write_engine_dir, write_hf_dir
 
 
 def _run(model_dir: Path, capsys, *extra: str) -> tuple[int, str]:

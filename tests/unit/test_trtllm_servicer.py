@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sys
 from pathlib import Path
 
 import grpc
@@ -16,19 +15,9 @@ from expert_router.v1 import expert_router_pb2_grpc as pb_grpc
 from expert_svc.convert import RequestLimits
 from expert_svc.engines.trtllm import TrtllmEngine
 from expert_svc.servicer import ExpertServicer
-
-FAKES = Path(__file__).resolve().parents[1] / "fakes"
-sys.path.insert(0, str(FAKES))
-try:
-    from llama3_tokenizer import FakeLlama3Tokenizer
-    from trtllm_env import use_fake_tensorrt_llm, write_engine_dir, write_hf_dir
-finally:
-    sys.path.remove(str(FAKES))
-
-
-@pytest.fixture
-def fake_trtllm(monkeypatch):
-    yield from use_fake_tensorrt_llm(monkeypatch)
+from tests.fakes.llama3_tokenizer import FakeLlama3Tokenizer
+from tests.fakes.trtllm_env import write_engine_dir, write_hf_dir
+from tests.helpers import eventually
 
 
 @pytest.fixture
@@ -96,10 +85,7 @@ async def test_client_cancel_aborts_the_generation(fake_trtllm, engine_dir):
         await call.read()
         call.cancel()
         llm = fake_trtllm.instances[0]
-        for _ in range(200):
-            if llm.aborted_request_ids:
-                break
-            await asyncio.sleep(0.01)
+        await eventually(lambda: llm.aborted_request_ids)
     assert llm.aborted_request_ids == [llm.results[0].request_id]
 
 
@@ -111,10 +97,7 @@ async def test_deadline_aborts_the_generation(fake_trtllm, engine_dir):
             [f async for f in stub.Generate(_request(max_tokens=20), timeout=0.1)]
         assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         llm = fake_trtllm.instances[0]
-        for _ in range(200):
-            if llm.aborted_request_ids:
-                break
-            await asyncio.sleep(0.01)
+        await eventually(lambda: llm.aborted_request_ids)
     assert llm.results[0].aborted()
 
 

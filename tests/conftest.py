@@ -1,46 +1,70 @@
-"""Fixtures for router integration tests: real servers on port 0, in-process synthetic experts."""
+"""Fixtures for every test: real servers on port 0, in-process synthetic experts, the FAKE
+classifier and the FAKE tensorrt_llm; and the GPU tests' skips.
+
+The shared code behind them is in tests/helpers.py (one way to drain a stream, to wait for a
+condition, to start an expert). Fakes come through fixtures or package imports (``tests.fakes``),
+never by editing ``sys.path`` by hand.
+"""
 from __future__ import annotations
 
+import importlib.util
 import socket
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import grpc
-import numpy as np
 import pytest
 
-from expert_router.v1 import expert_router_pb2_grpc as pb_grpc
+from tests.helpers import FakeClassifier, start_synthetic_expert
 
-LABELS = ("code", "math", "science", "medicine", "law", "general")
-KEYWORDS = {
-    "code": ("python", "function", "code"),
-    "math": ("integral", "equation", "solve"),
-    "science": ("photosynthesis", "atom", "physics"),
-    "medicine": ("symptoms", "diagnosis", "dose"),
-    "law": ("contract", "court", "statute"),
-}
+GPU_TESTS = Path(__file__).resolve().parent / "gpu"
 
 
-class FakeClassifier:
-    """Test-only classifier: keyword hits decide; no keyword gives a flat, low-confidence row."""
+# --- GPU tests: run only where an NVIDIA GPU is usable; elsewhere skipped with the reason ----------
+# A test marked `needs_trtllm` also needs the tensorrt_llm package (NGC TensorRT-LLM container), and
+# one marked `needs_modelopt` needs ModelOpt, transformers and torch with CUDA.
 
-    labels = LABELS
-    version = "fake-1"
-    provider = "none"
+def _missing(*modules: str) -> list[str]:
+    return [m for m in modules if importlib.util.find_spec(m) is None]
 
-    def __init__(self) -> None:
-        self.calls: list[list[str]] = []
 
-    def predict_batch(self, texts: Sequence[str]) -> np.ndarray:
-        self.calls.append(list(texts))
-        rows = np.full((len(texts), len(LABELS)), 0.02, dtype=np.float32)
-        for i, text in enumerate(texts):
-            for j, label in enumerate(LABELS):
-                if any(word in text.lower() for word in KEYWORDS.get(label, ())):
-                    rows[i, j] = 0.9
-            if rows[i].max() < 0.5:
-                rows[i] = 1.0 / len(LABELS)
-        return rows / rows.sum(axis=1, keepdims=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    gpu_items = [item for item in items if GPU_TESTS in Path(item.path).resolve().parents]
+    if not gpu_items:
+        return
+    from expert_svc.engines.trtllm import missing_gpu
 
+    gpu = missing_gpu()
+    for item in gpu_items:
+        item.add_marker(pytest.mark.gpu)
+        if gpu:
+            item.add_marker(pytest.mark.skip(reason=f"no usable NVIDIA GPU: {gpu}"))
+            continue
+        if item.get_closest_marker("needs_trtllm") and _missing("tensorrt_llm"):
+            item.add_marker(pytest.mark.skip(
+                reason="tensorrt_llm is not installed (run inside NVIDIA's NGC TensorRT-LLM container)"))
+        if item.get_closest_marker("needs_modelopt"):
+            absent = _missing("modelopt", "transformers", "torch")
+            if absent:
+                item.add_marker(pytest.mark.skip(reason=f"not installed: {', '.join(absent)}"))
+
+
+# --- fakes -----------------------------------------------------------------------------------------
+
+@pytest.fixture
+def fake_classifier() -> FakeClassifier:
+    return FakeClassifier()
+
+
+@pytest.fixture
+def fake_trtllm(monkeypatch):
+    """The FAKE tensorrt_llm (tests/fakes/tensorrt_llm) is importable for one test; yields its control module."""
+    from tests.fakes.trtllm_env import use_fake_tensorrt_llm
+
+    yield from use_fake_tensorrt_llm(monkeypatch)
+
+
+# --- servers and channels --------------------------------------------------------------------------
 
 @pytest.fixture
 def unused_address() -> Callable[[], str]:
@@ -55,31 +79,18 @@ def unused_address() -> Callable[[], str]:
 
 
 @pytest.fixture
-def fake_classifier() -> FakeClassifier:
-    return FakeClassifier()
-
-
-@pytest.fixture
 async def start_expert():
     """``await start_expert(name, **ExpertConfig fields)`` -> a running synthetic expert, stopped after."""
-    from expert_svc import server
-    from expert_svc.config import ExpertConfig
-
     started = []
 
     async def start(name: str, **fields):
-        fields = {"engine": "synthetic", "listen": "127.0.0.1:0", "ttft_ms": 5.0,
-                  "tokens_per_second": 500.0, **fields}
-        running = await server.start(ExpertConfig(name=name, **fields))
+        running = await start_synthetic_expert(name=name, **fields)
         started.append(running)
         return running
 
     yield start
     for running in started:
         await running.stop(0)  # a no-op for experts the test already stopped
-
-
-StartRouter = Callable[..., Awaitable["object"]]
 
 
 @pytest.fixture(params=["native", "python"])
@@ -129,7 +140,3 @@ async def channels():
     yield open_channel
     for channel in opened:
         await channel.close()
-
-
-def router_stub(channel: grpc.aio.Channel) -> pb_grpc.RouterStub:
-    return pb_grpc.RouterStub(channel)
