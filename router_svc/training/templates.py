@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import random
 import re
+import sys
 from collections.abc import Sequence
 
 TEMPLATES_SUBJECT = "templates"
@@ -358,8 +359,8 @@ def generate(per_expert: int = PER_EXPERT, *, seed: int = TEMPLATES_SEED,
     """``per_expert`` (text, expert) pairs per expert, seeded, with no duplicate texts."""
     rng = random.Random(seed)
     conditions = tuple(_CONDITIONS) + tuple(extra_conditions)
-    import sys
-
+    # Real names from the standard library of the Python that runs the training (3.11 here); another
+    # Python version lists other modules, so its code questions, and the model, differ slightly.
     modules = sorted(m for m in sys.stdlib_module_names if not m.startswith("_"))
 
     def pick(values: Sequence[str]) -> str:
