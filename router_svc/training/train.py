@@ -52,7 +52,7 @@ class TrainSettings:
     max_iter: int = 200
     tol: float = 1e-4
     #: training sources besides MMLU + HumanEval (data.EXTRA_SOURCES)
-    extra_sources: tuple[str, ...] = ("chitchat", "perlfaq")
+    extra_sources: tuple[str, ...] = ("chitchat", "perlfaq", "templates")
     #: word featurizer of the semantic part; None trains the n-gram model alone
     word_featurizer: FeaturizerConfig | None = semantic.DEFAULT_WORD_FEATURIZER
     pca_dims: int = semantic.DEFAULT_PCA_DIMS
@@ -61,9 +61,13 @@ class TrainSettings:
     #: weight of the semantic head's logits against the n-gram head's (0, n-grams alone, is always tried)
     mix_grid: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)
     #: sources held out whole, one at a time, to score how the heads do on a form of prompt they
-    #: were not fitted on; the semantic C and the mix maximise the mean of the validation accuracy
-    #: and these held-out accuracies
-    held_out_sources: tuple[str, ...] = ("perlfaq", "chitchat")
+    #: were not fitted on (see ``exam_tolerance`` for how they choose the semantic C and the mix)
+    held_out_sources: tuple[str, ...] = ("perlfaq", "chitchat", "templates")
+    #: The semantic C and the mix maximise the mean held-out-source accuracy among the settings
+    #: whose MMLU validation accuracy is within this much of the best setting's. Maximising the
+    #: held-out mean alone chose mix 8 and cost 5 points on MMLU (validation 0.851 -> 0.812);
+    #: maximising validation accuracy alone would pick the smallest mix, which generalises least.
+    exam_tolerance: float = 0.005
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -133,14 +137,25 @@ class _Fitter:
         self.num_buckets = matrix.shape[1]
         self.num_classes = len(label_order)
 
-    def fit(self, C: float, class_weight: str | None, settings: TrainSettings):
+    def fit(self, C: float, class_weight: str | None, settings: TrainSettings,
+            start: tuple[np.ndarray, np.ndarray] | None = None):
+        """``start``: (table, bias) of an earlier fit on overlapping data, where L-BFGS begins.
+
+        The held-out-source folds and the final refit see most of the data the validation fit saw;
+        starting from its solution instead of zero reaches the same optimum (the problem is convex)
+        in a fraction of the iterations, the largest cut in `make train-router`'s time.
+        """
         from sklearn.linear_model import LogisticRegression
 
         present = np.unique(self.y)
         if len(present) < 2:
             raise ValueError("training needs examples of at least two labels")
         model = LogisticRegression(C=C, class_weight=class_weight, max_iter=settings.max_iter,
-                                   tol=settings.tol, random_state=settings.seed)
+                                   tol=settings.tol, random_state=settings.seed, warm_start=start is not None)
+        if start is not None and len(present) > 2:
+            table, bias = start
+            model.coef_ = np.ascontiguousarray(table[np.ix_(self.columns, present)].T, dtype=np.float64)
+            model.intercept_ = np.asarray(bias[present], dtype=np.float64)
         model.fit(self.matrix, self.y)
         # Labels absent from the training data get a very negative bias: never predicted.
         table = np.zeros((self.num_buckets, self.num_classes), dtype=np.float64)
@@ -213,7 +228,9 @@ def _score(y: np.ndarray, logits: np.ndarray, num_classes: int, groups: np.ndarr
     return {"accuracy": float(accuracy_score(y, predictions)),
             "macro_f1": float(f1_score(y, predictions, average="macro", labels=range(num_classes),
                                        zero_division=0)),
-            "source_mean_accuracy": float(np.mean([correct[groups == g].mean() for g in np.unique(groups)]))}
+            "source_mean_accuracy": float(np.mean([correct[groups == g].mean() for g in np.unique(groups)])),
+            # the exam part of the validation split (the whole split where it has no MMLU group)
+            "mmlu_accuracy": float(correct[groups == "mmlu"].mean() if (groups == "mmlu").any() else correct.mean())}
 
 
 def _best(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -221,6 +238,14 @@ def _best(rows: list[dict[str, Any]]) -> dict[str, Any]:
     # split, and plain accuracy would pick whatever fits exam phrasing best, while users write in
     # every form the sources show. Macro-F1 breaks ties (and favours the small experts).
     return max(rows, key=lambda r: (round(r["source_mean_accuracy"], 4), r["macro_f1"]))
+
+
+def choose_mix(rows: Sequence[dict[str, Any]], exam_tolerance: float) -> dict[str, Any]:
+    """The row with the best held-out-source mean among those within ``exam_tolerance`` of the best
+    MMLU validation accuracy; validation accuracy, then macro-F1, break ties."""
+    best_exam = max(r["mmlu_accuracy"] for r in rows)
+    eligible = [r for r in rows if r["mmlu_accuracy"] >= best_exam - exam_tolerance - 1e-12]
+    return max(eligible, key=lambda r: (round(r["held_out_mean"], 4), round(r["accuracy"], 4), r["macro_f1"]))
 
 
 def _source_groups(examples: Sequence[Example]) -> np.ndarray:
@@ -252,7 +277,8 @@ def _held_out_source_folds(fit_part: Sequence[Example], examples: Sequence[Examp
         texts_in, labels_in = _training_texts(inside, settings)
         texts_out = [e.prompt(settings.text_format) for e in outside]
         fitter = _Fitter(feature_matrix(featurizer, texts_in, buckets), labels_in, labels)
-        _, table, bias = fitter.fit(best_ngram["C"], best_ngram["class_weight"], settings)
+        _, table, bias = fitter.fit(best_ngram["C"], best_ngram["class_weight"], settings,
+                                    start=(best_ngram["_table"], best_ngram["_bias"]))
         ngram_logits = feature_matrix(featurizer, texts_out, buckets) @ table + bias
         y_in = np.array([labels.index(label) for label in labels_in])
         dense_in, dense_out = words.dense(texts_in), words.dense(texts_out)
@@ -301,7 +327,8 @@ def train_model(examples: Sequence[Example], settings: TrainSettings = TrainSett
             # Scored with the weights as they will be stored, so float16 rounding is accounted for.
             logits = val_x @ _stored(table, settings.table_dtype).astype(np.float64) + bias
             row = {"head": "ngram", "C": C, "class_weight": class_weight, **_score(val_y, logits, k, groups),
-                   "seconds": round(time.perf_counter() - started, 2), "_logits": logits}
+                   "seconds": round(time.perf_counter() - started, 2), "_logits": logits,
+                   "_table": table, "_bias": bias}
             ngram_rows.append(row)
             log(f"  validation n-grams C={C:g} class_weight={class_weight}: accuracy {row['accuracy']:.4f} "
                 f"per-source mean {row['source_mean_accuracy']:.4f} macro-F1 {row['macro_f1']:.4f} "
@@ -324,12 +351,14 @@ def train_model(examples: Sequence[Example], settings: TrainSettings = TrainSett
                 for source, ngram_logits, semantic_logits, y_out in folds:
                     row[f"held_out_{source}"] = float(
                         ((ngram_logits + mix * semantic_logits[C]).argmax(axis=1) == y_out).mean())
-                row["selection"] = float(np.mean([row["accuracy"]] + [row[f"held_out_{f[0]}"] for f in folds]))
+                row["held_out_mean"] = float(np.mean([row[f"held_out_{f[0]}"] for f in folds])) if folds else 0.0
                 mix_rows.append({**row, "_logits": logits})
                 log(f"  validation semantic C={C:g} mix={mix:g}: accuracy {row['accuracy']:.4f}, "
-                    + ", ".join(f"{f[0]} unseen {row[f'held_out_{f[0]}']:.4f}" for f in folds)
-                    + f", selection {row['selection']:.4f}")
-        best_mix = max(mix_rows, key=lambda r: (round(r["selection"], 4), r["macro_f1"]))
+                    f"MMLU {row['mmlu_accuracy']:.4f}, "
+                    + ", ".join(f"{f[0]} unseen {row[f'held_out_{f[0]}']:.4f}" for f in folds))
+        best_mix = choose_mix(mix_rows, settings.exam_tolerance)
+        log(f"  chosen: semantic C={best_mix['semantic_C']:g} mix={best_mix['mix']:g} (MMLU validation "
+            f"{best_mix['mmlu_accuracy']:.4f}, held-out-source mean {best_mix['held_out_mean']:.4f})")
         best_logits = best_mix["_logits"]
         rows += mix_rows
         if best_mix["mix"] == 0.0:
@@ -342,7 +371,8 @@ def train_model(examples: Sequence[Example], settings: TrainSettings = TrainSett
 
     started = time.perf_counter()
     fitter = _Fitter(feature_matrix(featurizer, all_texts, buckets), all_labels, labels)
-    sk_model, table, bias = fitter.fit(best_ngram["C"], best_ngram["class_weight"], settings)
+    sk_model, table, bias = fitter.fit(best_ngram["C"], best_ngram["class_weight"], settings,
+                                       start=(best_ngram["_table"], best_ngram["_bias"]))
     check_x = feature_matrix(featurizer, CHECK_PROMPTS, buckets)[:, fitter.columns]
     check_logits = np.full((len(CHECK_PROMPTS), k), -30.0)
     decision = sk_model.decision_function(check_x)
@@ -364,7 +394,7 @@ def train_model(examples: Sequence[Example], settings: TrainSettings = TrainSett
                         table=_stored(table / temperature, settings.table_dtype),
                         bias=(bias / temperature).astype(np.float32),
                         C=best_ngram["C"], class_weight=best_ngram["class_weight"],
-                        validation=[{key: v for key, v in r.items() if key != "_logits"} for r in rows],
+                        validation=[{key: v for key, v in r.items() if not key.startswith("_")} for r in rows],
                         fit_seconds=time.perf_counter() - started, sklearn_check=sklearn_check,
                         word_table=word_table, word_featurizer=settings.word_featurizer if words else None,
                         semantic_C=best_semantic["C"] if best_semantic else None,

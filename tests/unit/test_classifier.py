@@ -28,10 +28,10 @@ def test_loads_the_packaged_artifact(classifier: Classifier) -> None:
     assert classifier.version.startswith("ngram-m2v-lr-")
     assert classifier.provider in ("CPUExecutionProvider", "CUDAExecutionProvider")
     metadata = json.loads((DEFAULT_ARTIFACT_DIR / "metadata.json").read_text())
-    # MMLU, HumanEval, chitchat and the seven Perl FAQ pages
-    assert len(metadata["training_data_sha256"]) == 10
-    # 0.813 for the packaged model: the semantic head costs exam accuracy (docs/classifier.md).
-    assert metadata["held_out"]["accuracy"] > 0.8
+    # MMLU, HumanEval, chitchat, the seven Perl FAQ pages and the medical word list
+    assert len(metadata["training_data_sha256"]) == 11
+    # 0.857 for the packaged model (docs/classifier.md).
+    assert metadata["held_out"]["accuracy"] > 0.85
     assert classifier.word_featurizer_config is not None
     assert 0.2 < metadata["temperature"] < 6.0  # the fit grid spans 0.2..5 (then refined by 5%)
 
@@ -44,9 +44,7 @@ def test_artifact_stays_small() -> None:
 @pytest.mark.parametrize(("prompt", "expert"), [
     ("Write a Python function that reverses a linked list and returns the new head node.", "code"),
     ("def fizzbuzz(n: int) -> list[str]:\n    \"\"\"Return fizz, buzz or the number for 1..n.\"\"\"", "code"),
-    pytest.param("Compute the integral of x^2 sin(x) dx using integration by parts.", "math",
-                 marks=pytest.mark.xfail(strict=True, reason="known misroute of the packaged model: "
-                                         "'sin(x) dx' reads as code to the word vectors")),
+    ("Compute the integral of x^2 sin(x) dx using integration by parts.", "math"),
     ("Find all real roots of the polynomial x^3 - 6x^2 + 11x - 6.", "math"),
     (("The seller refused to deliver the goods, so the buyer sued for breach of contract. "
      "Is the contract enforceable under the statute of frauds?"), "law"),
@@ -259,15 +257,17 @@ def test_truncated_metadata_is_refused_naming_the_file(artifact_copy: Path) -> N
         Classifier.load(artifact_copy)
 
 
-# The five everyday prompts that the n-gram-only model sent to `general`. Two now route right; the
-# other three still do not, and are kept as strict expected failures so a fix shows up here.
-_NOT_YET = pytest.mark.xfail(strict=True, reason="still misrouted by the packaged model (docs/classifier.md)")
+# The five everyday prompts that the n-gram-only model sent to `general`. Four now route right
+# (no training text contains their distinctive words: router_svc/training/templates.py); the word
+# problem still does not, and stays a strict expected failure so a fix shows up here.
+_NOT_YET = pytest.mark.xfail(strict=True, reason="still misrouted by the packaged model (to general, "
+                             "docs/classifier.md): its words are travel and clock times, not math terms")
 
 
 @pytest.mark.parametrize(("prompt", "expert"), [
-    pytest.param("What are the side effects of ibuprofen?", "medicine", marks=_NOT_YET),
+    ("What are the side effects of ibuprofen?", "medicine"),
     ("Can my landlord keep my deposit for normal wear and tear?", "law"),
-    pytest.param("What is the difference between a list and a tuple?", "code", marks=_NOT_YET),
+    ("What is the difference between a list and a tuple?", "code"),
     pytest.param("A train leaves at 3pm going 60 mph; another leaves at 4pm going 80 mph. "
                  "When does the second catch up?", "math", marks=_NOT_YET),
     ("What is the derivative of x^3?", "math"),
