@@ -79,6 +79,8 @@ class ExpertConfig:
     tls_key: str | None = None
     tls_client_ca: str | None = None
     reflection: bool = True
+    # OTLP/gRPC collector for traces (service_base.tracing); empty: tracing off.
+    otlp_endpoint: str = ""
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):
@@ -133,6 +135,7 @@ class ExpertConfig:
                 f"({self.max_message_bytes})"
             )
         self._check_tls()
+        _check_otlp_endpoint(self.otlp_endpoint)
         if self.log_level.upper() not in LOG_LEVELS:
             raise ValueError(f"log level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
 
@@ -157,6 +160,22 @@ class ExpertConfig:
     @property
     def effective_threads(self) -> int:
         return self.threads if self.threads is not None else default_threads()
+
+
+def _check_otlp_endpoint(value: object) -> None:
+    """Empty (tracing off), HOST:PORT, or http(s)://HOST:PORT."""
+    if not isinstance(value, str):
+        raise ValueError(f"otlp endpoint must be HOST:PORT or empty, got {value!r}")
+    if not value:
+        return
+    address = value
+    for scheme in ("http://", "https://"):
+        if address.startswith(scheme):
+            address = address[len(scheme):].rstrip("/")
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"--otlp-endpoint must be HOST:PORT or http://HOST:PORT with a port in 1..65535 "
+                         f"(empty: tracing off), got {value!r}")
 
 
 def _check_int(field: str, value: object, low: int, high: int) -> None:
@@ -261,6 +280,13 @@ def build_arg_parser() -> argparse.ArgumentParser:
         help="do not serve gRPC server reflection (on by default so grpcurl works)",
     )
     parser.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS)
+    parser.add_argument(
+        "--otlp-endpoint",
+        default="",
+        metavar="HOST:PORT",
+        help="export OpenTelemetry traces over OTLP/gRPC to this collector (http://HOST:PORT also "
+        "accepted; default: tracing off)",
+    )
     tls = parser.add_argument_group("TLS")
     tls.add_argument("--tls-cert", metavar="FILE", help="PEM certificate (chain) to serve TLS with")
     tls.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")

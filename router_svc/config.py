@@ -118,6 +118,8 @@ class RouterConfig:
     relay: str = "native"
     # Threads of the native relay, each with its own completion queue (0: the cores, shared by --workers).
     relay_threads: int = 0
+    # OTLP/gRPC collector for traces (router_svc.tracing); empty: tracing off.
+    otlp_endpoint: str = ""
     # Filled in by __post_init__: the expert names in configuration order.
     expert_names: tuple[str, ...] = field(init=False, default=())
 
@@ -185,6 +187,7 @@ class RouterConfig:
         if self.relay not in RELAYS:
             raise ConfigError(f"relay: expected one of {', '.join(RELAYS)}, got {self.relay!r}")
         _check_int("relay_threads", self.relay_threads, 0)
+        check_otlp_endpoint(self.otlp_endpoint)
         self._check_tls()
         object.__setattr__(self, "expert_names", tuple(names))
 
@@ -316,6 +319,7 @@ _FILE_KEYS: dict[str, str] = {
     "reflection": "reflection",
     "relay": "relay",
     "relay_threads": "relay_threads",
+    "otlp_endpoint": "otlp_endpoint",
 }
 _STRING_KEYS = ("listen", "fallback", "metrics_listen", "http_listen", "log_format", "relay")
 # Paths: relative ones are taken relative to the config file's folder, like ``classifier``.
@@ -388,6 +392,12 @@ def _typed_setting(key: str, value: Any, base_dir: str) -> Any:
             return None
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{key}: expected a non-empty string, got {value!r}")
+        return value
+    if key == "otlp_endpoint":
+        if value is None:
+            return ""
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected HOST:PORT or an empty string, got {value!r}")
         return value
     if key in ("log_prompts", "reflection"):
         if not isinstance(value, bool):
@@ -476,6 +486,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "it was built) or python (grpc.aio)")
     parser.add_argument("--relay-threads", type=int, metavar="N",
                         help="threads of the native relay (default 0: the cores, divided among --workers)")
+    parser.add_argument("--otlp-endpoint", metavar="HOST:PORT",
+                        help="export OpenTelemetry traces over OTLP/gRPC to this collector "
+                             "(http://HOST:PORT also accepted; default: tracing off)")
     security = parser.add_argument_group("security")
     security.add_argument("--tls-cert", metavar="FILE", help="PEM certificate (chain) to serve TLS with")
     security.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
@@ -503,7 +516,8 @@ _FLAG_FIELDS = (("listen", "listen"), ("classifier", "classifier_dir"), ("fallba
                 ("tls_cert", "tls_cert"), ("tls_key", "tls_key"),
                 ("tls_client_ca", "tls_client_ca"), ("upstream_tls_ca", "upstream_tls_ca"),
                 ("upstream_tls_cert", "upstream_tls_cert"), ("upstream_tls_key", "upstream_tls_key"),
-                ("auth_tokens", "auth_tokens"), ("relay", "relay"), ("relay_threads", "relay_threads"))
+                ("auth_tokens", "auth_tokens"), ("relay", "relay"), ("relay_threads", "relay_threads"),
+                ("otlp_endpoint", "otlp_endpoint"))
 
 
 def from_sources(args: argparse.Namespace) -> RouterConfig:
@@ -518,6 +532,23 @@ def from_sources(args: argparse.Namespace) -> RouterConfig:
     settings.setdefault("experts", local_stack_experts())
     settings.setdefault("workers", default_workers())
     return RouterConfig(**settings)
+
+
+def check_otlp_endpoint(value: Any, key: str = "otlp_endpoint") -> None:
+    """An OTLP/gRPC collector address: empty (tracing off), HOST:PORT, or http(s)://HOST:PORT."""
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: expected HOST:PORT or an empty string, got {value!r}")
+    if not value:
+        return
+    address = value
+    for scheme in ("http://", "https://"):
+        if address.startswith(scheme):
+            address = address[len(scheme):].rstrip("/")
+    try:
+        parse_address(key, address)
+    except ConfigError:
+        raise ConfigError(f"{key}: expected HOST:PORT or http://HOST:PORT with a port in 1..65535 "
+                          f"(empty: tracing off), got {value!r}") from None
 
 
 def _check_name(key: str, name: Any) -> None:

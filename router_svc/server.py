@@ -100,7 +100,7 @@ async def build_state(cfg: RouterConfig, classifier: ScoringClassifier, metrics:
 
 # Settings a reload cannot change: the listening socket, its credentials and interceptors exist once.
 FIXED_AT_START = ("listen", "workers", "metrics_listen", "http_listen", "tls_cert", "tls_key", "tls_client_ca",
-                  "reflection", "auth_tokens", "relay", "relay_threads")
+                  "reflection", "auth_tokens", "relay", "relay_threads", "otlp_endpoint")
 
 
 def native_tls(cfg: RouterConfig) -> tuple[bytes, bytes, bytes | None, bool] | None:

@@ -81,6 +81,7 @@ def test_config_is_frozen():
         ({"name": "x", "engine": "synthetic", "model": "/m.gguf"}, "llamacpp and trtllm engines"),
         ({"name": "x", "model": "/does/not/exist.gguf"}, "model file not found"),
         ({"name": "x", "log_level": "LOUD"}, "log level"),
+        ({"name": "x", "otlp_endpoint": "collector"}, "--otlp-endpoint must be HOST:PORT"),
     ],
 )
 def test_invalid_config_raises_clear_value_error(fields, needle):
