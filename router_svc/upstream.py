@@ -23,6 +23,7 @@ relays frames itself and errors pass through.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
@@ -498,17 +499,7 @@ class UpstreamPool:
         replicas), UpstreamError for the expert's own error statuses.
         """
 
-        async def attempt(replica: Replica, remaining: float | None):
-            call = replica.generate(request, remaining, metadata)
-            try:
-                first = await call.read()
-            except grpc.aio.AioRpcError as err:
-                return UpstreamFailure(err.code(), err.details() or "", tuple(err.trailing_metadata() or ()))
-            except BaseException:
-                call.cancel()
-                raise
-            return call, first
-
+        attempt = functools.partial(first_frame, request=request, metadata=metadata)
         (call, first), replica, attempts = await self.try_replicas(expert, timeout, attempt)
         return UpstreamStream(replica, call, first, attempts)
 
@@ -572,6 +563,22 @@ class UpstreamFailure:
 
     def error(self) -> UpstreamError:
         return UpstreamError(self.code, self.details, self.trailing_metadata)
+
+
+async def first_frame(replica: Replica, remaining: float | None, *, request: bytes,
+                      metadata: Sequence[tuple[str, str]] | None
+                      ) -> tuple[grpc.aio.UnaryStreamCall, Any] | UpstreamFailure:
+    """One attempt of ``try_replicas`` for a relay in Python: starts ``request`` on ``replica`` and
+    waits for its first frame; returns the call and that frame, or why it failed before it."""
+    call = replica.generate(request, remaining, metadata)
+    try:
+        first = await call.read()
+    except grpc.aio.AioRpcError as err:
+        return UpstreamFailure(err.code(), err.details() or "", tuple(err.trailing_metadata() or ()))
+    except BaseException:
+        call.cancel()
+        raise
+    return call, first
 
 
 def release_replica(replica: Replica, code: grpc.StatusCode | None) -> None:
