@@ -16,12 +16,20 @@ they are written here once:
    replica on UNAVAILABLE or RESOURCE_EXHAUSTED before the first frame, up to ``max_attempts``).
    The first candidate that takes the request wins; if none does, the chosen expert's error.
 5. ``failed`` / ``upstream_failed``: the status an error ends the call with (the error table).
-6. ``end``: release the replica, the admission slot and the generation; then metrics and the
-   request log line, once, from the call's ``CallRecord``.
+6. ``end``: release the replica, the admission slot and the generation; then metrics, the
+   request log line and (with ``--otlp-endpoint``) the call's spans, once, from its ``CallRecord``.
 
 A door owns only its edges and the frames in between; it writes the counters (frames, bytes, time
 to first token, inter-token gaps) into the record as it relays, or, for the native relay, copies
 the counters the relay hands over once at the end.
+
+Traces (service_base.tracing): ``identify`` starts the call's ``router.generate`` span, child of the
+client's ``traceparent`` if it sent one, and forwards that span's context to the expert in place of
+the client's, so the expert's spans join the same trace. The stages become child spans at ``end``,
+built from the record's timestamps: ``router.classify``, ``router.admission`` (the wait for a
+slot), ``router.upstream_open`` (every replica and candidate tried, failed attempts and failovers as
+events) and ``router.relay`` (time to first token, frames and bytes as attributes). With tracing
+off ``self.tracing`` is None and none of this runs.
 """
 from __future__ import annotations
 
@@ -41,18 +49,19 @@ from router_svc.metrics import RouterMetrics
 from router_svc.upstream import Replica, UpstreamFailure, first_frame, release_replica, upstream_error
 from service_base.errors import ServiceError
 from service_base.rules import REQUEST_ID_KEY
+from service_base.tracing import TRACE_KEYS
 
 if TYPE_CHECKING:
     from router_svc.admission import Admission, Permit
     from router_svc.servicer import Route, RouterState
+    from service_base.tracing import Tracing
 
-# W3C trace context, passed on to the expert.
-TRACE_KEYS = ("traceparent", "tracestate")
 log = logging.getLogger("router_svc")
 
 # One attempt on one replica (see UpstreamPool.try_replicas): an UpstreamFailure before the first
 # frame, or whatever the door needs to go on.
 Attempt = Callable[[Replica, "float | None"], Awaitable[Any]]
+ROOT_SPAN = "router.generate"
 
 
 def no_deadline() -> float | None:
@@ -99,6 +108,7 @@ class CallRecord:
     # With --log-prompts: the output as frames (bytes) or texts (str).
     outputs: Sequence[bytes | str] | None = None
     path: str = ""  # the HTTP door's endpoint
+    span: Any = None  # the live router.generate span, with tracing on
 
     @property
     def failover_from(self) -> str | None:
@@ -117,10 +127,12 @@ class CallRecord:
 class Dispatcher:
     """Admission, route, candidates and replicas with failover, outcome: the same for every door."""
 
-    def __init__(self, admission: Admission, metrics: RouterMetrics, *, log_prompts: bool = False) -> None:
+    def __init__(self, admission: Admission, metrics: RouterMetrics, *, log_prompts: bool = False,
+                 tracing: Tracing | None = None) -> None:
         self._admission = admission
         self._metrics = metrics
         self.log_prompts = log_prompts
+        self.tracing = tracing
 
     def begin(self, door: str, relay: str, state: RouterState) -> CallRecord:
         """A new call on ``state`` (the generation it keeps until ``end``)."""
@@ -131,7 +143,11 @@ class Dispatcher:
                  ) -> list[tuple[str, Any]]:
         """Sets the request id; returns the metadata for the expert (trace context and the id)."""
         record.request_id = request_id
-        forwarded = [(key, value) for key, value in metadata if key in TRACE_KEYS]
+        if self.tracing is None:
+            forwarded = [(key, value) for key, value in metadata if key in TRACE_KEYS]
+        else:  # the expert's spans become children of this call's span
+            record.span = self.tracing.start_server_span(ROOT_SPAN, record.received, metadata)
+            forwarded = self.tracing.headers(record.span)
         forwarded.append((REQUEST_ID_KEY, request_id))
         return forwarded
 
@@ -237,8 +253,53 @@ class Dispatcher:
         route = record.route
         self._metrics.generate_done(route.expert if route else None, record.relayed, code, record.ttft,
                                     record.frames, record.gaps, record.gap_sum)
+        if self.tracing is not None:
+            self._trace(record)
         if request_log.isEnabledFor(logging.INFO):
             self._log(record)
+
+    def _trace(self, record: CallRecord) -> None:
+        """The call's spans, from the record's timestamps (tracing on only)."""
+        tracing = self.tracing
+        offset = tracing.clock()
+        code = record.code
+        error = None if code is grpc.StatusCode.OK else code.name
+        root = record.span
+        if root is None:  # refused before its request id was read
+            root = tracing.start_server_span(ROOT_SPAN, record.received)
+        route, chosen = record.route, record.chosen
+        if record.classify_end and chosen.score is not None:
+            tracing.span(root, "router.classify", record.classify_start, record.classify_end, offset, {
+                "expert_router.expert": chosen.expert, "expert_router.score": chosen.score,
+                "expert_router.source": chosen.source, "expert_router.classifier_version": chosen.classifier_version})
+        if record.admission_start:
+            admitted = record.admission_end
+            tracing.span(root, "router.admission", record.admission_start, admitted or record.ended, offset,
+                         {"expert_router.expert": chosen.expert}, error=None if admitted else error)
+        if record.open_start:
+            attributes = {"expert_router.expert": route.expert, "expert_router.attempts": record.attempts}
+            if record.replica is not None:
+                attributes["expert_router.replica"] = record.replica.address
+            if route.failover_from:
+                attributes["expert_router.failover_from"] = route.failover_from
+            tracing.span(root, "router.upstream_open", record.open_start,
+                         record.relay_start if record.relayed else record.ended, offset, attributes,
+                         record.events or (), error=None if record.relayed else error)
+        if record.relayed:
+            attributes = {"expert_router.relay": record.relay, "expert_router.frames": record.frames,
+                          "expert_router.bytes": record.bytes}
+            if record.ttft is not None:
+                attributes["expert_router.ttft_ms"] = round(1000 * record.ttft, 3)
+            tracing.span(root, "router.relay", record.relay_start, record.ended, offset, attributes, error=error)
+        attributes = {"expert_router.request_id": record.request_id, "expert_router.door": record.door,
+                      "expert_router.relay": record.relay, "rpc.grpc.status_code": code.value[0],
+                      "expert_router.frames": record.frames}
+        if record.path:
+            attributes["url.path"] = record.path
+        if route is not None:
+            attributes["expert_router.expert"] = route.expert
+            attributes["expert_router.source"] = route.source
+        tracing.finish(root, record.ended, offset, attributes, error=error)
 
     def _log(self, record: CallRecord) -> None:
         """The request's log line; only built when it is emitted (INFO)."""

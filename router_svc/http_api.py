@@ -53,7 +53,7 @@ from expert_router.v1 import expert_router_pb2 as pb
 from router_svc.admission import Admission
 from router_svc.auth import ROUTER_SERVICE, TokenAuth
 from router_svc.config import RouterConfig, parse_address
-from router_svc.dispatch import TRACE_KEYS, CallRecord, no_deadline
+from router_svc.dispatch import CallRecord, no_deadline
 from router_svc.errors import RETRY_AFTER_KEY, UpstreamError, status_for
 from router_svc.metrics import ITL_BOUNDS, RouterMetrics, itl_bucket
 from router_svc.openai_compat import (
@@ -70,6 +70,7 @@ from router_svc.openai_compat import (
 from router_svc.servicer import REQUEST_ID_KEY, RouterServicer, validate_generate_request
 from service_base.errors import InvalidRequestError
 from service_base.rules import resolve_request_id
+from service_base.tracing import TRACE_KEYS
 
 log = logging.getLogger("router_svc.http")
 

@@ -36,6 +36,7 @@ from service_base.rules import REQUEST_ID_KEY, check_prompt, check_sampling, res
 if TYPE_CHECKING:
     from router_svc.auth import TokenAuth
     from router_svc.native_relay import NativeCall, NativeRelay, StreamDone
+    from service_base.tracing import Tracing
 
 SERVICE_NAME = "expert_router.v1.Router"
 GENERATE_METHOD = f"/{SERVICE_NAME}/Generate"
@@ -208,10 +209,10 @@ class RouterServicer:
     """Implements expert_router.v1.Router on top of RouterState, Admission and RouterMetrics."""
 
     def __init__(self, state: RouterState, admission: Admission, metrics: RouterMetrics, *,
-                 log_prompts: bool = False, auth: TokenAuth | None = None) -> None:
+                 log_prompts: bool = False, auth: TokenAuth | None = None, tracing: Tracing | None = None) -> None:
         self.state = state
         self._metrics = metrics
-        self.dispatcher = Dispatcher(admission, metrics, log_prompts=log_prompts)
+        self.dispatcher = Dispatcher(admission, metrics, log_prompts=log_prompts, tracing=tracing)
         # Checked here only for calls the native relay hands over; the Python server's interceptor
         # checks every call it serves itself.
         self.auth = auth
