@@ -3,6 +3,8 @@
 Generate is registered with identity serializers: the handler receives the request's bytes, parses
 them once to validate and classify, forwards the original bytes and yields the expert's frames as
 bytes. Classify and ListExperts are ordinary message handlers and never touch an expert.
+Where a request goes, and where it goes when something fails, is decided by the Dispatcher
+(router_svc.dispatch) that the native relay and the HTTP door share; Generate only moves frames.
 
 Everything a reload may change (config, classifier, upstream pool) sits in one RouterState; a
 request reads ``servicer.state`` once and keeps that generation until it ends, so a swap never
