@@ -100,7 +100,6 @@ class CallRecord:
     admission_end: float = 0.0
     open_start: float = 0.0
     relay_start: float = 0.0  # first frame in (Python relays), the winning attempt begun (native)
-    attempt_start: float = 0.0
     ended: float = 0.0
     # Failed attempts and failovers, in order: (time, what, attributes); None until the first.
     events: list[tuple[float, str, dict[str, Any]]] | None = None
@@ -189,10 +188,9 @@ class Dispatcher:
 
     @staticmethod
     def _watched(record: CallRecord, attempt: Attempt) -> Attempt:
-        """``attempt``, noting when each try begins and which ones failed."""
+        """``attempt``, noting the tries that failed."""
 
         async def watched(replica: Replica, remaining: float | None) -> Any:
-            record.attempt_start = time.perf_counter()
             outcome = await attempt(replica, remaining)
             if isinstance(outcome, UpstreamFailure):
                 record.note("attempt_failed", **{"expert_router.replica": replica.address,
