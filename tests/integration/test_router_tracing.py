@@ -173,6 +173,52 @@ async def test_a_refused_request_is_traced_with_its_status(traced) -> None:
     assert root.attributes["rpc.grpc.status_code"] == grpc.StatusCode.NOT_FOUND.value[0]
 
 
+async def test_a_retried_replica_is_an_event_of_upstream_open(relay: str, fake_classifier) -> None:
+    """A busy replica answers RESOURCE_EXHAUSTED before its first frame: the router retries on the
+    other one, and the failed attempt shows as an event with the replica and its status."""
+    from expert_svc import server as expert_server
+    from expert_svc.config import ExpertConfig
+    from router_svc import server as router_server
+    from router_svc.config import RouterConfig, UpstreamExpert
+
+    router_spans = InMemorySpanExporter()
+    experts = [await expert_server.start(ExpertConfig(name="general", engine="synthetic", listen="127.0.0.1:0",
+                                                      ttft_ms=5.0, tokens_per_second=500.0, max_concurrency=1))
+               for _ in range(2)]
+    busy = experts[0]
+    router = None
+    async with grpc.aio.insecure_channel(busy.address) as channel:
+        # Holds the busy replica's only slot, past the router's back.
+        hold = pb_grpc.ExpertStub(channel).Generate(pb.GenerateRequest(
+            prompt="hold", sampling=pb.SamplingParams(max_tokens=2000)))
+        try:
+            await hold.read()
+            cfg = RouterConfig(experts=(UpstreamExpert("general", tuple(e.address for e in experts)),),
+                               relay=relay, listen="127.0.0.1:0")
+            router = await router_server.start(cfg, classifier=fake_classifier, span_exporter=router_spans)
+            # Ties rotate, so of two calls in a row at least one tries the busy replica first.
+            for _ in range(2):
+                assert len(await generate(router.address, "hello")) == 3
+            await wait_for(lambda: sum(s.name == "router.generate" for s in router_spans.get_finished_spans()) == 2)
+        finally:
+            hold.cancel()
+            if router is not None:
+                await router.stop(0)
+            for expert in experts:
+                await expert.stop(0)
+    opened = [s for s in router_spans.get_finished_spans() if s.name == "router.upstream_open"]
+    retried = [s for s in opened if s.attributes["expert_router.attempts"] == 2]
+    assert retried, [s.attributes for s in opened]
+    for span in opened:
+        assert len(span.events) == span.attributes["expert_router.attempts"] - 1
+    for span in retried:
+        (event,) = span.events
+        assert event.name == "attempt_failed"
+        assert event.attributes["expert_router.replica"] == busy.address
+        assert event.attributes["rpc.grpc.status_code"] == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+        assert span.attributes["expert_router.replica"] == experts[1].address
+
+
 class Collector(trace_service_pb2_grpc.TraceServiceServicer):
     """An OTLP/gRPC trace collector that keeps what it receives (the service of opentelemetry-proto)."""
 
