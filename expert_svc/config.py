@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from service_base.settings import BOOL, FLOAT, FOLDER, INT, PATH, Setting, add_flags, check, flag_table
 from service_base.tls import server_credentials
+from service_base.tracing import check_endpoint
 
 ENGINES = ("llamacpp", "synthetic", "trtllm")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -109,6 +110,9 @@ SETTINGS: tuple[Setting, ...] = (
             default=True, flag="--no-reflection", negate=True),
     Setting("log_level", "the log level (any case)", default="INFO", choices=LOG_LEVELS, flag="--log-level",
             flag_type=str.upper, validate=_check_log_level),
+    Setting("otlp_endpoint", "export OpenTelemetry traces over OTLP/gRPC to this collector (`HOST:PORT`, or "
+            "`http://HOST:PORT`; `https://` for TLS with the system's roots)", nullable=True,
+            flag="--otlp-endpoint", metavar="HOST:PORT", default_doc="off", validate=check_endpoint),
     Setting("tls_cert", "PEM certificate (chain) to serve TLS with", kind=PATH, nullable=True, flag="--tls-cert",
             metavar="FILE", default_doc="plaintext", group=_TLS),
     Setting("tls_key", "PEM private key of --tls-cert", kind=PATH, nullable=True, flag="--tls-key",
@@ -170,6 +174,8 @@ class ExpertConfig:
     tls_key: str | None = None
     tls_client_ca: str | None = None
     reflection: bool = True
+    # OTLP/gRPC collector for traces (service_base.tracing); None: tracing off.
+    otlp_endpoint: str | None = None
 
     def __post_init__(self) -> None:
         _check_name("name", self.name)

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -13,6 +14,7 @@ from grpc_reflection.v1alpha import reflection
 
 from expert_router.v1 import expert_router_pb2 as pb
 from service_base.tls import server_credentials
+from service_base.tracing import Tracing, start_tracing
 
 from .config import ExpertConfig, check_files, split_host_port
 from .convert import RequestLimits
@@ -37,6 +39,8 @@ class RunningExpert:
     servicer: ExpertServicer
     health: health.aio.HealthServicer
     port: int
+    # OpenTelemetry (service_base.tracing), when cfg.otlp_endpoint is set; else None.
+    tracing: Tracing | None = None
     _stopped: bool = field(default=False, repr=False)
 
     @property
@@ -55,6 +59,8 @@ class RunningExpert:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
         await self.engine.close()
+        if self.tracing is not None:  # the spans still buffered go out before the process ends
+            await asyncio.to_thread(self.tracing.shutdown)
         log.info("expert %s stopped", self.config.name)
 
 
@@ -86,14 +92,18 @@ def preflight(cfg: ExpertConfig) -> None:
     create_engine(cfg).preflight()
 
 
-async def bind(cfg: ExpertConfig) -> RunningExpert:
+async def bind(cfg: ExpertConfig, *, span_exporter: Any = None) -> RunningExpert:
     """Start serving with the engine not loaded yet: health answers NOT_SERVING, reflection and
-    GetInfo answer, Generate answers UNAVAILABLE. `load` makes it SERVING."""
+    GetInfo answer, Generate answers UNAVAILABLE. `load` makes it SERVING.
+
+    ``span_exporter`` (tests, benchmarks): trace to this OpenTelemetry exporter instead of
+    ``cfg.otlp_endpoint``."""
     check_files(cfg)
     engine = create_engine(cfg)
     limits = _request_limits(cfg, cfg.context_length)
+    tracing = start_tracing(f"expert-{cfg.name}", cfg.otlp_endpoint, exporter=span_exporter)
     servicer = ExpertServicer(
-        cfg.name, engine, limits, cfg.max_concurrency, stream_interval=cfg.stream_interval
+        cfg.name, engine, limits, cfg.max_concurrency, stream_interval=cfg.stream_interval, tracing=tracing
     )
     health_servicer = health.aio.HealthServicer()
     server = grpc.aio.server(options=server_options(cfg))
@@ -116,7 +126,7 @@ async def bind(cfg: ExpertConfig) -> RunningExpert:
     if port == 0:
         raise OSError(f"could not listen on {cfg.listen}: the address is in use or not available here")
     await server.start()
-    return RunningExpert(cfg, server, engine, servicer, health_servicer, port)
+    return RunningExpert(cfg, server, engine, servicer, health_servicer, port, tracing)
 
 
 async def load(running: RunningExpert) -> None:
@@ -129,6 +139,8 @@ async def load(running: RunningExpert) -> None:
         running._stopped = True
         await running.server.stop(None)
         await engine.close()
+        if running.tracing is not None:
+            running.tracing.shutdown()
         raise
     info = engine.info()
     if cfg.context_length is None:
@@ -149,9 +161,9 @@ async def load(running: RunningExpert) -> None:
     )
 
 
-async def start(cfg: ExpertConfig) -> RunningExpert:
+async def start(cfg: ExpertConfig, *, span_exporter: Any = None) -> RunningExpert:
     """Bind the server, load the engine, and report SERVING once the model is loaded."""
-    running = await bind(cfg)
+    running = await bind(cfg, span_exporter=span_exporter)
     await load(running)
     return running
 

@@ -2,6 +2,13 @@
 
 A request is known by one id (the ``x-request-id`` metadata the router sets, else the body's
 request_id, else a new one), which its log line, its errors and the engine's abort records carry.
+
+With tracing on (``--otlp-endpoint``), each Generate becomes an ``expert.generate`` span, child of
+the caller's W3C ``traceparent`` metadata (the router's span), with three stages as child spans:
+``expert.queue`` (receipt until the engine takes the request: validation and admission),
+``expert.first_token`` (until the first frame: the engine's own queue and the prompt's prefill)
+and ``expert.generation`` (first frame to the end, with frames and completion tokens). They are
+built from timestamps once the stream has ended; with tracing off nothing of this runs.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from expert_router.v1 import expert_router_pb2_grpc as pb_grpc
 from service_base.logs import log_request
 from service_base.parsing import UndecodableRequest, tolerant_parser
 from service_base.rules import REQUEST_ID_KEY, resolve_request_id
+from service_base.tracing import Tracing
 
 from .convert import RequestLimits, delta_to_pb, info_to_pb, request_from_pb
 from .engines.base import Engine
@@ -66,8 +74,10 @@ class ExpertServicer(pb_grpc.ExpertServicer):
         max_concurrency: int | None,
         *,
         stream_interval: int = 1,
+        tracing: Tracing | None = None,
     ) -> None:
         self._name = name
+        self._tracing = tracing
         self._engine = engine
         self.limits = limits
         # None until the engine has loaded and stated its own limit (trtllm: its max batch size).
@@ -96,6 +106,7 @@ class ExpertServicer(pb_grpc.ExpertServicer):
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateResponse]:
         received = time.perf_counter()
+        admitted = first_frame = 0.0  # when the engine took the request, when its first frame came
         request_id = ""
         status = grpc.StatusCode.CANCELLED  # unless the stream ends another way below
         frames = 0
@@ -115,6 +126,7 @@ class ExpertServicer(pb_grpc.ExpertServicer):
                 status, details = status_for(exc, expert=self._name, request_id=request_id)
                 await _abort(context, status, details, request_id)
             self._active += 1
+            admitted = time.perf_counter()
             error: Exception | None = None
             try:
                 # aclosing: if this handler is cancelled while it waits to send a frame, the engine's
@@ -125,6 +137,8 @@ class ExpertServicer(pb_grpc.ExpertServicer):
                     contextlib.aclosing(coalesce(deltas, interval)) as frames_out,
                 ):
                     async for delta in frames_out:
+                        if not frames:
+                            first_frame = time.perf_counter()
                         frames += 1
                         if delta.finish_reason is not None:
                             completion_tokens = delta.completion_tokens
@@ -138,12 +152,37 @@ class ExpertServicer(pb_grpc.ExpertServicer):
                 await _abort(context, status, details, request_id)
             status = grpc.StatusCode.OK
         finally:
+            if self._tracing is not None:
+                self._trace(context, request_id, status, received, admitted, first_frame, frames, completion_tokens)
             if request_log.isEnabledFor(logging.INFO):
                 log_request(request_log, {
                     "request_id": request_id, "expert": self._name, "status": status.name, "frames": frames,
                     "completion_tokens": completion_tokens,
                     "duration_ms": round(1000 * (time.perf_counter() - received), 3),
                 })
+
+    def _trace(self, context: grpc.aio.ServicerContext, request_id: str, status: grpc.StatusCode, received: float,
+               admitted: float, first_frame: float, frames: int, completion_tokens: int | None) -> None:
+        """The request's spans, from its timestamps (tracing on only)."""
+        tracing = self._tracing
+        offset = tracing.clock()
+        ended = time.perf_counter()
+        error = None if status is grpc.StatusCode.OK else status.name
+        root = tracing.start_server_span("expert.generate", received, context.invocation_metadata() or ())
+        if admitted:
+            tracing.span(root, "expert.queue", received, admitted, offset)
+            tracing.span(root, "expert.first_token", admitted, first_frame or ended, offset,
+                         error=None if first_frame else error)
+        if first_frame:
+            attributes = {"expert_router.frames": frames}
+            if completion_tokens is not None:
+                attributes["expert_router.completion_tokens"] = completion_tokens
+            tracing.span(root, "expert.generation", first_frame, ended, offset, attributes, error=error)
+        attributes = {"expert_router.request_id": request_id, "expert_router.expert": self._name,
+                      "rpc.grpc.status_code": status.value[0], "expert_router.frames": frames}
+        if first_frame:
+            attributes["expert_router.ttft_ms"] = round(1000 * (first_frame - received), 3)
+        tracing.finish(root, ended, offset, attributes, error=error)
 
     async def GetInfo(self, request: pb.GetInfoRequest, context: grpc.aio.ServicerContext) -> pb.ExpertInfo:
         if isinstance(request, UndecodableRequest):

@@ -33,6 +33,7 @@ from service_base.settings import (
     restart_only,
     typed_from_file,
 )
+from service_base.tracing import check_endpoint
 
 LOCAL_HOST = "127.0.0.1"
 LOCAL_ROUTER_PORT = 50051
@@ -73,6 +74,13 @@ class UpstreamExpert:
 
     def describe(self) -> str:
         return f"{DNS_SCHEME}{self.dns}" if self.dns else ",".join(self.addresses)
+
+
+def _check_otlp_endpoint(key: str, value: Any) -> None:
+    try:
+        check_endpoint(key, value)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
 
 
 def _address_check(key: str, value: Any) -> None:
@@ -158,6 +166,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("relay_threads", "threads of the native relay, each with its own completion queue (0: the cores, "
             "divided among --workers)", kind=INT, default=0, low=0, flag="--relay-threads", key="relay_threads",
             metavar="N", restart=True),
+    Setting("otlp_endpoint", "export OpenTelemetry traces over OTLP/gRPC to this collector (`HOST:PORT`, or "
+            "`http://HOST:PORT`; `https://` for TLS with the system's roots)", nullable=True,
+            flag="--otlp-endpoint", key="otlp_endpoint", metavar="HOST:PORT", default_doc="off", restart=True,
+            validate=_check_otlp_endpoint),
     Setting("tls_cert", "PEM certificate (chain) to serve TLS with", kind=PATH, nullable=True,
             flag="--tls-cert", key="tls_cert", metavar="FILE", default_doc="plaintext", restart=True,
             group=_SECURITY),
@@ -249,6 +261,8 @@ class RouterConfig:
     relay: str = "native"
     # Threads of the native relay, each with its own completion queue (0: the cores, shared by --workers).
     relay_threads: int = 0
+    # OTLP/gRPC collector for traces (service_base.tracing); None: tracing off.
+    otlp_endpoint: str | None = None
     # Filled in by __post_init__: the expert names in configuration order.
     expert_names: tuple[str, ...] = field(init=False, default=())
 

@@ -4,7 +4,7 @@ Endpoints: ``POST /v1/chat/completions`` and ``POST /v1/completions`` (streamed 
 ending in ``data: [DONE]``, or whole), ``GET /v1/models`` (``auto`` plus one model per expert) and
 ``GET /health``. A request goes through the very pieces a gRPC Generate does: the router's
 validation, admission control, the classifier (``ExpertChooser``), replica choice and failover
-(``open_first_candidate``), bearer tokens and their rate limits (``TokenAuth``), metrics and
+(``router_svc.dispatch``), bearer tokens and their rate limits (``TokenAuth``), metrics and
 request logs, all read from the router's current ``RouterState`` so reloads apply here too. Only
 the edges differ: JSON in (router_svc.openai_compat), each expert frame parsed and re-encoded as
 a JSON chunk out. That per-frame work is why this door relays in Python over grpc.aio rather than
@@ -50,11 +50,11 @@ import grpc
 from aiohttp import web
 
 from expert_router.v1 import expert_router_pb2 as pb
-from router_svc.admission import Admission, Permit
+from router_svc.admission import Admission
 from router_svc.auth import ROUTER_SERVICE, TokenAuth
 from router_svc.config import RouterConfig, parse_address
+from router_svc.dispatch import CallRecord, no_deadline
 from router_svc.errors import RETRY_AFTER_KEY, UpstreamError, status_for
-from router_svc.logging_setup import log_request, request_log
 from router_svc.metrics import ITL_BOUNDS, RouterMetrics, itl_bucket
 from router_svc.openai_compat import (
     AUTO_MODEL,
@@ -67,18 +67,10 @@ from router_svc.openai_compat import (
     models_response,
     parse_json_body,
 )
-from router_svc.servicer import (
-    REQUEST_ID_KEY,
-    TRACE_KEYS,
-    Route,
-    RouterServicer,
-    RouterState,
-    open_first_candidate,
-    validate_generate_request,
-)
-from router_svc.upstream import UpstreamStream, upstream_error
-from service_base.errors import InvalidRequestError, ServiceError
+from router_svc.servicer import REQUEST_ID_KEY, RouterServicer, validate_generate_request
+from service_base.errors import InvalidRequestError
 from service_base.rules import resolve_request_id
+from service_base.tracing import TRACE_KEYS
 
 log = logging.getLogger("router_svc.http")
 
@@ -286,20 +278,10 @@ class HttpFrontDoor:
         return b"".join(chunks)
 
     async def _generate(self, request: web.BaseRequest, request_id: str, *, chat: bool) -> web.StreamResponse:
-        received = time.perf_counter()
-        state: RouterState = self._servicer.state
-        state.active += 1
-        route: Route | None = None
-        permit: Permit | None = None
-        stream: UpstreamStream | None = None
-        parsed: ParsedRequest | None = None
-        expert_metrics = None
-        code: grpc.StatusCode | None = None
-        frames = 0
-        ttft = None
-        gaps = [0] * len(ITL_BOUNDS)
-        gap_sum = 0.0
-        texts: list[str] = []
+        dispatch = self._servicer.dispatcher
+        record = dispatch.begin("http", "http", self._servicer.state)
+        record.request_id, record.path = request_id, request.path
+        state = record.state
         try:
             try:
                 error = self._authorize(request, GENERATE_RPC)
@@ -309,130 +291,109 @@ class HttpFrontDoor:
                 data = parse_json_body(body)
                 experts = state.cfg.expert_names
                 parsed = chat_request(data, experts) if chat else completion_request(data, experts)
-                message = parsed.request
+                message = record.message = parsed.request
                 message.request_id = request_id
                 if parsed.model != AUTO_MODEL:
                     message.expert = parsed.model
+                forwarded = dispatch.identify(record, request_id, [(key, request.headers[key]) for key in TRACE_KEYS
+                                                                   if key in request.headers])
                 validate_generate_request(message, state.cfg.max_prompt_bytes)
-                self._admission.refuse_if_full()
-                route = await state.chooser.route(message)
-                permit = await self._admission.acquire(route.expert)
-                forwarded = [(key, request.headers[key]) for key in TRACE_KEYS if key in request.headers]
-                forwarded.append((REQUEST_ID_KEY, request_id))
-                stream, route = await open_first_candidate(state, route, permit, message.SerializeToString(), None,
-                                                           forwarded, self._metrics)
+                await dispatch.route(record, message)
+                call, frame = await dispatch.open_stream(record, message.SerializeToString(), no_deadline,
+                                                         forwarded)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # the error table, as at the gRPC edge
+            except Exception as exc:  # noqa: BLE001 - the error table, as at the gRPC edge
                 error = api_error_for(exc)
-                code = _grpc_code(error, exc)
-                if code is grpc.StatusCode.RESOURCE_EXHAUSTED and hasattr(exc, "reason"):
-                    self._metrics.rejections.labels(exc.reason).inc()
-                if not isinstance(exc, (ServiceError, ApiError)):
-                    log.error("internal error in %s", type(exc).__name__, exc_info=exc)
+                dispatch.failed(record, exc, _grpc_code(error) if isinstance(exc, ApiError) else None)
                 return self._error(error, request_id)
-            expert_metrics = self._metrics.expert(route.expert)
-            expert_metrics.in_flight.inc()
+            route = record.route
             headers = {"x-expert": route.expert, "x-expert-source": route.source,
                        "x-classifier-version": route.classifier_version, REQUEST_ID_KEY: request_id}
             if route.score is not None:
                 headers["x-expert-score"] = f"{route.score:.6f}"
-            response_id = ("chatcmpl-" if chat else "cmpl-") + request_id
-            created = int(time.time())
-            parse = pb.GenerateResponse.FromString
-            read = stream.call.read
-            frame = stream.first
-            last: pb.GenerateResponse | None = None
-            if not parsed.stream:
-                while frame is not EOF:
-                    message = parse(frame)
-                    if frames == 0:
-                        ttft = time.perf_counter() - received
-                    frames += 1
-                    texts.append(message.text)
-                    if message.finish_reason:
-                        last = message
-                    frame = await read()
-                code = grpc.StatusCode.OK
-                body = completion_response(parsed, response_id, created, route.expert, "".join(texts), last)
-                return self._json(body, 200, headers)
-
-            writer = ChunkWriter(parsed, response_id, created, route.expert)
-            response = web.StreamResponse(headers={**headers, "Cache-Control": "no-cache"})
-            response.content_type = "text/event-stream"
-            await response.prepare(request)
-            opening = writer.role() if chat else b""
-            try:
-                lastt = time.perf_counter()
-                # The hot loop: one parse and one write per frame; metrics are added once at the end.
-                while frame is not EOF:
-                    message = parse(frame)
-                    now = time.perf_counter()
-                    if frames == 0:
-                        ttft = now - received
-                    else:
-                        gap = now - lastt
-                        gaps[itl_bucket(gap)] += 1
-                        gap_sum += gap
-                    lastt = now
-                    frames += 1
-                    if self._servicer.log_prompts:
-                        texts.append(message.text)
-                    if message.finish_reason:
-                        last = message
-                    if message.text or opening:
-                        await response.write(opening + writer.delta(message.text))
-                        opening = b""
-                    frame = await read()
-                await response.write(opening + writer.finish(last or pb.GenerateResponse()))
-                code = grpc.StatusCode.OK
-            except grpc.aio.AioRpcError as err:  # the expert failed mid-stream: one error event, no [DONE]
-                code = err.code()
-                self._metrics.upstream_error(route.expert, code)
-                await response.write(ChunkWriter.error(api_error_for(upstream_error(err))))
-            await response.write_eof()
-            return response
+            if parsed.stream:
+                return await self._stream(request, record, parsed, call, frame, headers, chat=chat)
+            return await self._whole(record, parsed, call, frame, headers, chat=chat)
         except grpc.aio.AioRpcError as err:  # mid-stream failure of a non-streamed answer
-            code = err.code()
-            self._metrics.upstream_error(route.expert, code)
-            return self._error(api_error_for(upstream_error(err)), request_id)
+            return self._error(api_error_for(dispatch.upstream_failed(record, err)), request_id)
         except (ConnectionResetError, asyncio.CancelledError):
-            code = None  # the client went away: the finally block cancels the upstream call
+            record.code = None  # the client went away: the upstream call is cancelled at the end
             raise
         finally:
-            if code is None:
-                code = grpc.StatusCode.CANCELLED
-            if stream is not None:
-                stream.finish(code)
-            if permit is not None:
-                permit.release()
-            state.active -= 1
-            self._metrics.generate_done(route.expert if route else None, expert_metrics is not None, code, ttft,
-                                        frames, gaps, gap_sum)
-            if request_log.isEnabledFor(logging.INFO):
-                self._log(request, request_id, route, stream, code, ttft, frames, received, parsed, texts)
+            dispatch.end(record)
 
-    def _log(self, request: web.BaseRequest, request_id: str, route: Route | None, stream: UpstreamStream | None,
-             code: grpc.StatusCode, ttft: float | None, frames: int, received: float,
-             parsed: ParsedRequest | None, texts: list[str]) -> None:
-        fields = {
-            "request_id": request_id, "door": "http", "path": request.path,
-            "expert": route.expert if route else "", "source": route.source if route else "",
-            "replica": stream.replica.address if stream else "", "attempts": stream.attempts if stream else 0,
-            "status": code.name, "ttft_ms": round(1000 * ttft, 3) if ttft is not None else None, "frames": frames,
-            "duration_ms": round(1000 * (time.perf_counter() - received), 3),
-        }
-        if self._servicer.log_prompts and parsed is not None:
-            message = parsed.request
-            fields["prompt"] = message.prompt or [[m.role, m.content] for m in message.messages]
-            fields["output"] = "".join(texts)
-        log_request(fields)
+    async def _whole(self, record: CallRecord, parsed: ParsedRequest, call: grpc.aio.UnaryStreamCall,
+                     frame: Any, headers: dict[str, str], *, chat: bool) -> web.Response:
+        """A non-streamed answer: every frame read, then one JSON body."""
+        response_id = ("chatcmpl-" if chat else "cmpl-") + record.request_id
+        created = int(time.time())
+        texts = record.outputs = []
+        parse = pb.GenerateResponse.FromString
+        last: pb.GenerateResponse | None = None
+        while frame is not EOF:
+            message = parse(frame)
+            if record.frames == 0:
+                record.ttft = time.perf_counter() - record.received
+            record.frames += 1
+            record.bytes += len(frame)
+            texts.append(message.text)
+            if message.finish_reason:
+                last = message
+            frame = await call.read()
+        record.code = grpc.StatusCode.OK
+        body = completion_response(parsed, response_id, created, record.route.expert, "".join(texts), last)
+        return self._json(body, 200, headers)
+
+    async def _stream(self, request: web.BaseRequest, record: CallRecord, parsed: ParsedRequest,
+                      call: grpc.aio.UnaryStreamCall, frame: Any, headers: dict[str, str], *,
+                      chat: bool) -> web.StreamResponse:
+        """A streamed answer: one server-sent event per frame with text, ``[DONE]`` at the end."""
+        response_id = ("chatcmpl-" if chat else "cmpl-") + record.request_id
+        writer = ChunkWriter(parsed, response_id, int(time.time()), record.route.expert)
+        response = web.StreamResponse(headers={**headers, "Cache-Control": "no-cache"})
+        response.content_type = "text/event-stream"
+        await response.prepare(request)
+        opening = writer.role() if chat else b""
+        texts = record.outputs = [] if self._servicer.log_prompts else None
+        gaps = record.gaps = [0] * len(ITL_BOUNDS)
+        parse = pb.GenerateResponse.FromString
+        read = call.read
+        last: pb.GenerateResponse | None = None
+        try:
+            previous = time.perf_counter()
+            # The hot loop: one parse and one write per frame; metrics are added once at the end.
+            while frame is not EOF:
+                message = parse(frame)
+                now = time.perf_counter()
+                if record.frames == 0:
+                    record.ttft = now - record.received
+                else:
+                    gap = now - previous
+                    gaps[itl_bucket(gap)] += 1
+                    record.gap_sum += gap
+                previous = now
+                record.frames += 1
+                record.bytes += len(frame)
+                if texts is not None:
+                    texts.append(message.text)
+                if message.finish_reason:
+                    last = message
+                if message.text or opening:
+                    await response.write(opening + writer.delta(message.text))
+                    opening = b""
+                frame = await read()
+            await response.write(opening + writer.finish(last or pb.GenerateResponse()))
+            record.code = grpc.StatusCode.OK
+        except grpc.aio.AioRpcError as err:  # the expert failed mid-stream: one error event, no [DONE]
+            error = self._servicer.dispatcher.upstream_failed(record, err)
+            await response.write(ChunkWriter.error(api_error_for(error)))
+        await response.write_eof()
+        return response
 
 
-def _grpc_code(error: ApiError, exc: BaseException) -> grpc.StatusCode:
-    """The status the request counts as in metrics and logs (the same names as the gRPC door's)."""
-    if not isinstance(exc, ApiError):
-        return status_for(exc)[0]
+def _grpc_code(error: ApiError) -> grpc.StatusCode:
+    """The status one of the door's own errors counts as in metrics and logs (the gRPC door's names)."""
     if error.status == 404:
         return grpc.StatusCode.NOT_FOUND
     if error.status in (401,):

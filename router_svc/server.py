@@ -25,10 +25,13 @@ from router_svc.metrics import MetricsServer, RouterMetrics
 from router_svc.native_relay import NativeRelay, choose_relay
 from router_svc.servicer import SERVICE_NAME, ExpertChooser, RouterServicer, RouterState, ScoringClassifier
 from router_svc.upstream import UpstreamPool, UpstreamSettings
+from service_base.tracing import Tracing, start_tracing
 
 log = logging.getLogger("router_svc")
 
 ClassifierFactory = Callable[[str | None], ScoringClassifier]
+# The router's OpenTelemetry service.name.
+TRACE_SERVICE_NAME = "expert-router"
 
 
 class BindError(OSError):
@@ -146,6 +149,8 @@ class RunningRouter:
         self._reload_lock = asyncio.Lock()
         self._stopped = False
         self.resolver = None
+        # OpenTelemetry (service_base.tracing), when cfg.otlp_endpoint is set; else None.
+        self.tracing: Tracing | None = None
         # The OpenAI-compatible HTTP door (router_svc.http_api), when cfg.http_listen is set.
         self.http = None
 
@@ -229,6 +234,8 @@ class RunningRouter:
         await self.servicer.state.close()
         if self.metrics_server is not None:
             self.metrics_server.close()
+        if self.tracing is not None:  # the spans still buffered go out before the process ends
+            await asyncio.to_thread(self.tracing.shutdown)
 
     async def wait_for_termination(self) -> None:
         await self.server.wait_for_termination()
@@ -237,12 +244,14 @@ class RunningRouter:
 async def start(cfg: RouterConfig, *, classifier: ScoringClassifier | None = None,
                 classifier_factory: ClassifierFactory | None = None, reuse_port: bool = False,
                 registry: CollectorRegistry | None = None, serve_metrics: bool = True,
-                resolver=None) -> RunningRouter:
+                resolver=None, span_exporter=None) -> RunningRouter:
     """Builds and starts the router.
 
     ``classifier`` (tests) is used for every configuration; otherwise ``classifier_factory``
     (default ``Classifier.load``) loads ``cfg.classifier_dir`` at start and at each reload.
     ``serve_metrics=False``: a worker whose parent serves the metrics endpoint.
+    ``span_exporter`` (tests, benchmarks): trace to this OpenTelemetry exporter instead of
+    ``cfg.otlp_endpoint``.
     """
     if classifier is not None:
         fixed = classifier
@@ -252,6 +261,7 @@ async def start(cfg: RouterConfig, *, classifier: ScoringClassifier | None = Non
     await asyncio.to_thread(check_files, cfg)
     metrics = RouterMetrics(registry)
     first = await asyncio.to_thread(classifier_factory, cfg.classifier_dir)
+    tracing = start_tracing(TRACE_SERVICE_NAME, cfg.otlp_endpoint, exporter=span_exporter)
     relay = choose_relay(cfg.relay)
     auth = token_auth(cfg, metrics)
     credentials = listen_credentials(cfg)
@@ -263,7 +273,8 @@ async def start(cfg: RouterConfig, *, classifier: ScoringClassifier | None = Non
         # The Python server answers what the native server forwards, on a private socket.
         state = await build_state(cfg, first, metrics, resolver=resolver)
         admission = Admission(AdmissionLimits.from_config(cfg))
-        servicer = RouterServicer(state, admission, metrics, log_prompts=cfg.log_prompts, auth=auth)
+        servicer = RouterServicer(state, admission, metrics, log_prompts=cfg.log_prompts, auth=auth,
+                                  tracing=tracing)
         native = servicer.native = NativeRelay(servicer)
         try:
             port = server.add_insecure_port(native.private_address)
@@ -284,7 +295,7 @@ async def start(cfg: RouterConfig, *, classifier: ScoringClassifier | None = Non
             raise BindError(f"cannot listen on {cfg.listen}: address in use or not available")
         state = await build_state(cfg, first, metrics, resolver=resolver)
         admission = Admission(AdmissionLimits.from_config(cfg))
-        servicer = RouterServicer(state, admission, metrics, log_prompts=cfg.log_prompts)
+        servicer = RouterServicer(state, admission, metrics, log_prompts=cfg.log_prompts, tracing=tracing)
     server.add_generic_rpc_handlers((servicer.generic_handler(),))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -311,10 +322,13 @@ async def start(cfg: RouterConfig, *, classifier: ScoringClassifier | None = Non
         if metrics_server is not None:
             metrics_server.close()
         await state.close()
+        if tracing is not None:
+            tracing.shutdown()
         raise
     running = RunningRouter(server, port, servicer, admission, metrics, health_servicer, classifier_factory,
                             metrics_server, auth, native)
     running.resolver = resolver
+    running.tracing = tracing
     if cfg.http_listen:  # before SERVING: a probe that sees SERVING finds both doors open
         from router_svc.http_api import HttpFrontDoor
 

@@ -3,6 +3,8 @@
 Generate is registered with identity serializers: the handler receives the request's bytes, parses
 them once to validate and classify, forwards the original bytes and yields the expert's frames as
 bytes. Classify and ListExperts are ordinary message handlers and never touch an expert.
+Where a request goes, and where it goes when something fails, is decided by the Dispatcher
+(router_svc.dispatch) that the native relay and the HTTP door share; Generate only moves frames.
 
 Everything a reload may change (config, classifier, upstream pool) sits in one RouterState; a
 request reads ``servicer.state`` once and keeps that generation until it ends, so a swap never
@@ -23,41 +25,25 @@ import numpy as np
 
 import core
 from expert_router.v1 import expert_router_pb2 as pb
-from router_svc.admission import Admission, Permit
+from router_svc.admission import Admission
 from router_svc.batching import MicroBatcher
 from router_svc.config import RouterConfig
-from router_svc.errors import (
-    ExpertUnavailable,
-    InvalidRequest,
-    Rejected,
-    RouterError,
-    UnknownExpert,
-    abort_with,
-    status_for,
-)
-from router_svc.logging_setup import log_request, request_log
+from router_svc.dispatch import Attempt, CallRecord, Dispatcher
+from router_svc.errors import InvalidRequest, Rejected, UnknownExpert, abort_with
 from router_svc.metrics import ITL_BOUNDS, RouterMetrics, itl_bucket
-from router_svc.upstream import (
-    Replica,
-    UpstreamFailure,
-    UpstreamPool,
-    UpstreamStream,
-    release_replica,
-    upstream_error,
-)
+from router_svc.upstream import Replica, UpstreamFailure, UpstreamPool
 from service_base.parsing import UndecodableRequest, parse_request, tolerant_parser
 from service_base.rules import REQUEST_ID_KEY, check_prompt, check_sampling, resolve_request_id
 
 if TYPE_CHECKING:
     from router_svc.auth import TokenAuth
     from router_svc.native_relay import NativeCall, NativeRelay, StreamDone
+    from service_base.tracing import Tracing
 
 SERVICE_NAME = "expert_router.v1.Router"
 GENERATE_METHOD = f"/{SERVICE_NAME}/Generate"
 # Only the latest user turns decide what a conversation is about.
 CLASSIFIED_USER_TURNS = 3
-# Trace context (W3C) is passed through to the expert unchanged.
-TRACE_KEYS = ("traceparent", "tracestate")
 EOF = grpc.aio.EOF
 log = logging.getLogger("router_svc")
 
@@ -221,168 +207,86 @@ class RouterState:
         await self.batcher.close()
 
 
-async def open_first_candidate(state: RouterState, route: Route, permit: Permit, request: bytes,
-                               timeout: float | None, metadata: Sequence[tuple[str, str]],
-                               metrics: RouterMetrics) -> tuple[UpstreamStream, Route]:
-    """The first candidate expert that takes the request; else the chosen expert's UNAVAILABLE.
-
-    Shared by the gRPC and the HTTP doors, so that both fail over the same way.
-    """
-    first_error: ExpertUnavailable | None = None
-    for candidate in state.chooser.candidates(route):
-        if first_error is not None:
-            if not permit.move(candidate.expert):
-                continue  # that expert is at its own bound
-            metrics.failovers.labels(route.expert, candidate.expert).inc()
-        try:
-            stream = await state.upstream.open(candidate.expert, request, timeout, metadata)
-        except ExpertUnavailable as exc:
-            first_error = first_error or exc
-            continue
-        return stream, candidate
-    assert first_error is not None  # candidates() is never empty
-    raise first_error
-
-
-def _request_metadata(metadata: Sequence[tuple[str, str]] | None,
-                      message: pb.GenerateRequest) -> tuple[str, list[tuple[str, str]]]:
-    """The request id (header, else the message's request_id, else a new one) and what goes upstream."""
-    metadata = metadata or ()
-    request_id = resolve_request_id(metadata, message.request_id)
-    forwarded = [(key, value) for key, value in metadata if key in TRACE_KEYS]
-    forwarded.append((REQUEST_ID_KEY, request_id))
-    return request_id, forwarded
-
-
 class RouterServicer:
     """Implements expert_router.v1.Router on top of RouterState, Admission and RouterMetrics."""
 
     def __init__(self, state: RouterState, admission: Admission, metrics: RouterMetrics, *,
-                 log_prompts: bool = False, auth: TokenAuth | None = None) -> None:
+                 log_prompts: bool = False, auth: TokenAuth | None = None, tracing: Tracing | None = None) -> None:
         self.state = state
-        self._admission = admission
         self._metrics = metrics
-        self.log_prompts = log_prompts
+        self.dispatcher = Dispatcher(admission, metrics, log_prompts=log_prompts, tracing=tracing)
         # Checked here only for calls the native relay hands over; the Python server's interceptor
         # checks every call it serves itself.
         self.auth = auth
         # The native relay, when it serves Generate (router_svc.native_relay).
         self.native: NativeRelay | None = None
 
-    async def _open(self, state: RouterState, route: Route, permit: Permit, request: bytes,
-                    context: grpc.aio.ServicerContext,
-                    metadata: Sequence[tuple[str, str]]) -> tuple[UpstreamStream, Route]:
-        return await open_first_candidate(state, route, permit, request, context.time_remaining(), metadata,
-                                          self._metrics)
+    @property
+    def log_prompts(self) -> bool:
+        return self.dispatcher.log_prompts
+
+    @log_prompts.setter
+    def log_prompts(self, value: bool) -> None:
+        self.dispatcher.log_prompts = value
 
     async def Generate(self, request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
-        received = time.perf_counter()
-        state = self.state
-        state.active += 1
-        request_id = ""
-        route: Route | None = None
-        permit: Permit | None = None
-        stream: UpstreamStream | None = None
-        expert_metrics = None
-        code: grpc.StatusCode | None = None
-        frames = 0
-        ttft = None
-        gaps = [0] * len(ITL_BOUNDS)
-        gap_sum = 0.0
-        outputs: list[bytes] | None = [] if self.log_prompts else None
-        message = None
+        """Generate relayed by grpc.aio: the frames pass through as bytes, never parsed."""
+        dispatch = self.dispatcher
+        record = dispatch.begin("grpc", "python", self.state)
         try:
             try:
-                message = parse_request(pb.GenerateRequest, request)
-                request_id, forwarded = _request_metadata(context.invocation_metadata(), message)
-                validate_generate_request(message, state.cfg.max_prompt_bytes)
-                self._admission.refuse_if_full()
-                route = await state.chooser.route(message)
-                permit = await self._admission.acquire(route.expert)
-                stream, route = await self._open(state, route, permit, request, context, forwarded)
+                message = record.message = parse_request(pb.GenerateRequest, request)
+                metadata = context.invocation_metadata() or ()
+                forwarded = dispatch.identify(record, resolve_request_id(metadata, message.request_id), metadata)
+                validate_generate_request(message, record.state.cfg.max_prompt_bytes)
+                await dispatch.route(record, message)
+                call, frame = await dispatch.open_stream(record, request, context.time_remaining, forwarded)
             except Exception as exc:  # noqa: BLE001 - the error table: RouterError -> its status, else INTERNAL
-                code = status_for(exc)[0]
-                if code is grpc.StatusCode.RESOURCE_EXHAUSTED and hasattr(exc, "reason"):
-                    self._metrics.rejections.labels(exc.reason).inc()
-                await abort_with(context, exc)
-            expert_metrics = self._metrics.expert(route.expert)
-            expert_metrics.in_flight.inc()
-            await context.send_initial_metadata((*route.metadata(), (REQUEST_ID_KEY, request_id)))
-            frame = stream.first
+                code, details, trailing = dispatch.failed(record, exc)
+                await context.abort(code, details, trailing_metadata=trailing)
+            await context.send_initial_metadata(record.initial_metadata())
             if frame is not EOF:
-                read = stream.call.read
+                outputs = record.outputs = [] if dispatch.log_prompts else None
+                gaps = record.gaps = [0] * len(ITL_BOUNDS)
+                read = call.read
                 last = time.perf_counter()
-                ttft = last - received
-                frames = 1
+                record.ttft = last - record.received
+                record.frames = 1
+                record.bytes = len(frame)
                 if outputs is not None:
                     outputs.append(frame)
                 yield frame
-                # The hot loop: no label lookups, no metric calls; totals are added once at the end.
+                # The hot loop: no label lookups, no metric calls; the dispatcher adds totals at the end.
                 while (frame := await read()) is not EOF:
                     now = time.perf_counter()
                     gap = now - last
                     last = now
                     gaps[itl_bucket(gap)] += 1  # the rule tests/unit/test_router_metrics.py checks
-                    gap_sum += gap
-                    frames += 1
+                    record.gap_sum += gap
+                    record.frames += 1
+                    record.bytes += len(frame)
                     if outputs is not None:
                         outputs.append(frame)
                     yield frame
-            code = grpc.StatusCode.OK
+            record.code = grpc.StatusCode.OK
         except grpc.aio.AbortError:
             raise
         except grpc.aio.AioRpcError as err:  # the expert failed mid-stream: its status passes through
-            code = err.code()
-            self._metrics.upstream_error(route.expert, code)
-            await abort_with(context, upstream_error(err))
+            await abort_with(context, dispatch.upstream_failed(record, err))
         except Exception as exc:  # noqa: BLE001 - the error table, as above
-            code = status_for(exc)[0]
-            await abort_with(context, exc)
+            code, details, trailing = dispatch.failed(record, exc)
+            await context.abort(code, details, trailing_metadata=trailing)
         finally:
-            if code is None:  # the client cancelled or its deadline passed
-                code = grpc.StatusCode.CANCELLED
-            if stream is not None:
-                stream.finish(code)
-            if permit is not None:
-                permit.release()
-            state.active -= 1
-            self._metrics.generate_done(route.expert if route else None, expert_metrics is not None, code, ttft,
-                                        frames, gaps, gap_sum)
-            if request_log.isEnabledFor(logging.INFO):
-                self._log(request_id, route, stream.replica.address if stream else "",
-                          stream.attempts if stream else 0, code, ttft, frames, received, message, outputs)
-
-    def _log(self, request_id: str, route: Route | None, replica: str, attempts: int, code: grpc.StatusCode,
-             ttft: float | None, frames: int, received: float, message: pb.GenerateRequest | None,
-             outputs: Sequence[bytes] | None) -> None:
-        """The request's log line; only built when it is emitted (INFO)."""
-        fields = {
-            "request_id": request_id, "expert": route.expert if route else "",
-            "source": route.source if route else "", "replica": replica,
-            "attempts": attempts, "status": code.name,
-            "ttft_ms": round(1000 * ttft, 3) if ttft is not None else None, "frames": frames,
-            "duration_ms": round(1000 * (time.perf_counter() - received), 3),
-        }
-        if self.log_prompts and message is not None:
-            fields["prompt"] = message.prompt or [[m.role, m.content] for m in message.messages]
-            fields["output"] = "".join(pb.GenerateResponse.FromString(f).text for f in outputs or ())
-        log_request(fields)
+            dispatch.end(record)  # CANCELLED unless set above: the client went away
 
     async def generate_native(self, call: NativeCall) -> None:
         """Generate's decisions for a call the native relay holds: the same rules as ``Generate``.
 
         The relay moves the frames; this coroutine runs once per call (plus once per failed attempt
-        before the first frame) and does the accounting from the counters the relay hands back.
+        before the first frame) and copies the counters the relay hands back into the call's record.
         """
-        received = time.perf_counter()
-        state = self.state
-        state.active += 1
-        request_id = ""
-        route: Route | None = None
-        permit: Permit | None = None
-        replica: Replica | None = None
-        attempts = 0
-        message = None
+        dispatch = self.dispatcher
+        record = dispatch.begin("grpc", "native", self.state)
         done: StreamDone | None = None
         try:
             try:
@@ -390,70 +294,42 @@ class RouterServicer:
                     rejection = self.auth.authorize(GENERATE_METHOD, call.metadata)
                     if rejection is not None:
                         raise Rejected(rejection)
-                message = parse_request(pb.GenerateRequest, call.request)
-                request_id, forwarded = _request_metadata(call.metadata, message)
-                validate_generate_request(message, state.cfg.max_prompt_bytes)
-                self._admission.refuse_if_full()
-                route = await state.chooser.route(message)
-                permit = await self._admission.acquire(route.expert)
-                done, route, replica, attempts = await self._relay_native(
-                    state, route, permit, call, forwarded, request_id)
-            except Exception as exc:  # the error table: RouterError -> its status, else INTERNAL
-                code, details = status_for(exc)
-                if code is grpc.StatusCode.RESOURCE_EXHAUSTED and hasattr(exc, "reason"):
-                    self._metrics.rejections.labels(exc.reason).inc()
-                if not isinstance(exc, RouterError):
-                    log.error("internal error in %s", type(exc).__name__, exc_info=exc)
-                done = await call.finish(code, details, tuple(getattr(exc, "trailing_metadata", None) or ()))
+                message = record.message = parse_request(pb.GenerateRequest, call.request)
+                forwarded = dispatch.identify(record, resolve_request_id(call.metadata, message.request_id),
+                                              call.metadata)
+                validate_generate_request(message, record.state.cfg.max_prompt_bytes)
+                await dispatch.route(record, message)
+                done = await dispatch.open(record, functools.partial(self._native_attempt, record, call, forwarded),
+                                           call.time_remaining)
+                record.relayed = True
+            except Exception as exc:  # noqa: BLE001 - the error table: RouterError -> its status, else INTERNAL
+                done = await call.finish(*dispatch.failed(record, exc))
+            record.code = done.code
+            record.ttft, record.frames, record.bytes = done.ttft, done.frames, done.bytes
+            record.gaps, record.gap_sum, record.outputs = done.gaps, done.gap_sum, done.captured
         finally:
-            code = done.code if done is not None else grpc.StatusCode.CANCELLED
-            if replica is not None:
-                release_replica(replica, code)
-            if permit is not None:
-                permit.release()
-            state.active -= 1
-            counters = (done.ttft, done.frames, done.gaps, done.gap_sum) if done is not None else (None, 0, (), 0.0)
-            self._metrics.generate_done(route.expert if route else None, replica is not None, code, *counters)
-            if request_log.isEnabledFor(logging.INFO):
-                self._log(request_id, route, replica.address if replica else "", attempts, code,
-                          done.ttft if done else None, done.frames if done else 0, received, message,
-                          done.captured if done else None)
+            dispatch.end(record)  # CANCELLED unless set above: the relay stopped first
 
-    async def _relay_native(self, state: RouterState, route: Route, permit: Permit, call: NativeCall,
-                            forwarded: Sequence[tuple[str, str]], request_id: str
-                            ) -> tuple[StreamDone, Route, Replica, int]:
-        """Relays through the first candidate expert and replica that take the request (as ``_open``)."""
-        first_error: ExpertUnavailable | None = None
+    def _native_attempt(self, record: CallRecord, call: NativeCall, forwarded: Sequence[tuple[str, str]],
+                        candidate: Route) -> Attempt:
+        """One try of ``candidate``'s replicas in the native relay: the whole stream when it starts."""
         native = self.native
-        settings = state.upstream.settings
+        settings = record.state.upstream.settings
+        initial = (*candidate.metadata(), (REQUEST_ID_KEY, record.request_id))
+        in_flight = self._metrics.expert(candidate.expert).in_flight
 
-        async def attempt(replica: Replica, _remaining: float | None, *, initial: Sequence[tuple[str, str]],
-                          in_flight) -> UpstreamFailure | StreamDone:
+        async def attempt(replica: Replica, _remaining: float | None) -> UpstreamFailure | StreamDone:
             channel = native.channel(replica.address, max_message_bytes=settings.max_message_bytes,
                                      reconnect_max_s=settings.health_interval_s,
                                      tls=settings.tls_pem, server_name=replica.server_name)
             in_flight.inc()
-            outcome = await call.proceed(channel, forwarded, initial, self.log_prompts)
+            record.relay_start = time.perf_counter()
+            outcome = await call.proceed(channel, forwarded, initial, self.dispatcher.log_prompts)
             if isinstance(outcome, UpstreamFailure):
                 in_flight.dec()
             return outcome
 
-        for candidate in state.chooser.candidates(route):
-            if first_error is not None:
-                if not permit.move(candidate.expert):
-                    continue
-                self._metrics.failovers.labels(route.expert, candidate.expert).inc()
-            on_candidate = functools.partial(attempt, initial=(*candidate.metadata(), (REQUEST_ID_KEY, request_id)),
-                                             in_flight=self._metrics.expert(candidate.expert).in_flight)
-            try:
-                done, replica, attempts = await state.upstream.try_replicas(
-                    candidate.expert, call.time_remaining(), on_candidate)
-            except ExpertUnavailable as exc:
-                first_error = first_error or exc
-                continue
-            return done, candidate, replica, attempts
-        assert first_error is not None  # candidates() is never empty
-        raise first_error
+        return attempt
 
     async def Classify(self, request: pb.ClassifyRequest | UndecodableRequest,
                        context: grpc.aio.ServicerContext) -> pb.ClassifyResponse:

@@ -15,10 +15,12 @@ as well at O(1).
 An expert's replicas are a fixed list or a DNS name re-resolved periodically; replicas that
 disappear from the answer leave rotation at once and close their channel when their last stream ends.
 
-``UpstreamPool.open()`` sends the request's original bytes and waits for the first response frame:
-a connection failure, UNAVAILABLE or RESOURCE_EXHAUSTED (a busy replica) before that frame is
-retried on another replica, up to ``max_attempts`` and within the deadline. After it, the caller
-relays frames itself and errors pass through.
+``UpstreamPool.try_replicas()`` runs one attempt per replica (``first_frame`` for the relays in
+Python: send the request's original bytes, wait for the first response frame; the whole stream for
+the native relay): a connection failure, UNAVAILABLE or RESOURCE_EXHAUSTED (a busy replica) before
+that frame is retried on another replica, up to ``max_attempts`` and within the deadline. After it,
+the caller relays frames itself and errors pass through. Which experts to try in turn is the
+dispatcher's (router_svc.dispatch).
 """
 from __future__ import annotations
 
@@ -424,25 +426,6 @@ class ExpertPool:
             await asyncio.gather(*self._retiring, return_exceptions=True)
 
 
-class UpstreamStream:
-    """An upstream call whose first frame has arrived; ``finish()`` must be called once at the end."""
-
-    __slots__ = ("attempts", "call", "first", "replica")
-
-    def __init__(self, replica: Replica, call: grpc.aio.UnaryStreamCall, first: bytes | object,
-                 attempts: int) -> None:
-        self.replica = replica
-        self.call = call
-        self.first = first
-        self.attempts = attempts
-
-    def finish(self, code: grpc.StatusCode | None) -> None:
-        """Releases the replica; ``code`` is the upstream's status (None: the client went away)."""
-        # Cancels the expert's generation when the client went away or the relay ended early.
-        self.call.cancel()
-        release_replica(self.replica, code)
-
-
 class UpstreamPool:
     """Every configured expert's replicas, and the opening of a Generate call on one of them."""
 
@@ -489,28 +472,6 @@ class UpstreamPool:
             (name, [ReplicaStatus(r.address, r.healthy, r.outstanding) for r in pool.replicas])
             for name, pool in self.experts.items()
         ]
-
-    async def open(self, expert: str, request: bytes, timeout: float | None,
-                   metadata: Sequence[tuple[str, str]] | None = None) -> UpstreamStream:
-        """Starts ``request`` on a replica of ``expert`` and returns once its first frame is in.
-
-        Raises ExpertUnavailable when no replica could take it (after up to ``max_attempts``
-        replicas), UpstreamError for the expert's own error statuses.
-        """
-
-        async def attempt(replica: Replica, remaining: float | None):
-            call = replica.generate(request, remaining, metadata)
-            try:
-                first = await call.read()
-            except grpc.aio.AioRpcError as err:
-                return UpstreamFailure(err.code(), err.details() or "", tuple(err.trailing_metadata() or ()))
-            except BaseException:
-                call.cancel()
-                raise
-            return call, first
-
-        (call, first), replica, attempts = await self.try_replicas(expert, timeout, attempt)
-        return UpstreamStream(replica, call, first, attempts)
 
     async def try_replicas(self, expert: str, timeout: float | None,
                            attempt: Callable[[Replica, float | None], Awaitable[Any]]) -> tuple[Any, Replica, int]:
@@ -572,6 +533,22 @@ class UpstreamFailure:
 
     def error(self) -> UpstreamError:
         return UpstreamError(self.code, self.details, self.trailing_metadata)
+
+
+async def first_frame(replica: Replica, remaining: float | None, *, request: bytes,
+                      metadata: Sequence[tuple[str, str]] | None
+                      ) -> tuple[grpc.aio.UnaryStreamCall, Any] | UpstreamFailure:
+    """One attempt of ``try_replicas`` for a relay in Python: starts ``request`` on ``replica`` and
+    waits for its first frame; returns the call and that frame, or why it failed before it."""
+    call = replica.generate(request, remaining, metadata)
+    try:
+        first = await call.read()
+    except grpc.aio.AioRpcError as err:
+        return UpstreamFailure(err.code(), err.details() or "", tuple(err.trailing_metadata() or ()))
+    except BaseException:
+        call.cancel()
+        raise
+    return call, first
 
 
 def release_replica(replica: Replica, code: grpc.StatusCode | None) -> None:

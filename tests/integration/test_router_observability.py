@@ -156,8 +156,8 @@ async def test_request_log_line_without_prompts_unless_asked(start_router, start
     records = [r for r in caplog.records if r.name == "router_svc.requests"]
     assert len(records) == 1
     fields = records[0].fields
-    assert (fields["request_id"], fields["expert"], fields["status"], fields["frames"]) == (
-        "log-1", "general", "OK", 3)
+    assert (fields["request_id"], fields["door"], fields["expert"], fields["status"], fields["frames"]) == (
+        "log-1", "grpc", "general", "OK", 3)
     assert fields["replica"] == expert.address and fields["ttft_ms"] > 0 and fields["duration_ms"] >= fields["ttft_ms"]
     from router_svc.logging_setup import JsonFormatter, TextFormatter
 

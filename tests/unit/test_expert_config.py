@@ -80,6 +80,7 @@ def test_config_is_frozen():
         ({"name": "x", "grace_s": -1}, "grace_s"),
         ({"name": "x", "engine": "synthetic", "model": "/m.gguf"}, "llamacpp and trtllm engines"),
         ({"name": "x", "log_level": "LOUD"}, "log level"),
+        ({"name": "x", "otlp_endpoint": "collector"}, "otlp_endpoint: expected HOST:PORT"),
     ],
 )
 def test_invalid_config_raises_clear_value_error(fields, needle):

@@ -182,3 +182,16 @@ def test_http_listen_from_flag_and_yaml(tmp_path: Path) -> None:
     """)
     assert parse("--config", path).http_listen == "0.0.0.0:8080"
     assert parse("--config", path, "--http-listen", "127.0.0.1:0").http_listen == "127.0.0.1:0"
+
+
+def test_otlp_endpoint_from_flag_and_yaml(tmp_path: Path) -> None:
+    assert parse().otlp_endpoint is None  # tracing off unless asked for
+    path = write(tmp_path, """
+        experts: {general: 'h:1'}
+        otlp_endpoint: collector:4317
+    """)
+    assert parse("--config", path).otlp_endpoint == "collector:4317"
+    assert parse("--config", path, "--otlp-endpoint", "http://127.0.0.1:4317").otlp_endpoint == "http://127.0.0.1:4317"
+    for bad in ("collector", "http://collector:0"):
+        with pytest.raises(ConfigError, match=f"otlp_endpoint: .*got '{bad}'"):
+            parse("--otlp-endpoint", bad)
