@@ -272,10 +272,10 @@ _MATH_FORMS = (
     "Factor x^2 + {s}x + {prod}.", "What is the square root of {sq}?",
     "If I invest ${n} at {p}% interest compounded yearly, how much will I have after {t} years?",
     "A recipe needs {a} cups of flour for {b} cookies. How much flour for {c} cookies?",
-    "A shop sells pens at ${a} each and notebooks at ${b} each. Sam spends ${total} on {k} items. "
-    "How many pens did he buy?",
-    "{name} is {a} years older than her brother. In {t} years their ages will add up to {c}. "
-    "How old is she now?",
+    ("A shop sells pens at ${a} each and notebooks at ${b} each. Sam spends ${total} on {k} items. "
+     "How many pens did he buy?"),
+    ("{name} is {a} years older than her brother. In {t} years their ages will add up to {c}. "
+     "How old is she now?"),
     "Two pipes fill a tank in {a} and {b} hours. How long do they take together?",
     "What is the probability of rolling a sum of {dice} with two dice?",
     "How many ways can {k} people sit in a row of {k} chairs?", "What is {a} factorial?",

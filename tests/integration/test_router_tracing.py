@@ -6,11 +6,9 @@ OpenTelemetry is even imported.
 """
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable
 
 import aiohttp
 import grpc
@@ -20,19 +18,13 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from expert_router.v1 import expert_router_pb2 as pb
 from expert_router.v1 import expert_router_pb2_grpc as pb_grpc
+from tests.helpers import eventually
 
 CLIENT_TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 CLIENT_SPAN_ID = "00f067aa0ba902b7"
 CLIENT_TRACEPARENT = f"00-{CLIENT_TRACE_ID}-{CLIENT_SPAN_ID}-01"
 ROUTER_SPANS = {"router.generate", "router.classify", "router.admission", "router.upstream_open", "router.relay"}
 EXPERT_SPANS = {"expert.generate", "expert.queue", "expert.first_token", "expert.generation"}
-
-
-async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Hang guard only: the router records a call's spans just after the client has seen its end."""
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.01)
 
 
 def by_name(exporter: InMemorySpanExporter) -> dict[str, object]:
@@ -87,8 +79,8 @@ async def test_one_trace_from_the_client_through_router_and_expert(traced) -> No
     frames = await generate(router.address, "solve this integral",
                             (("traceparent", CLIENT_TRACEPARENT), ("x-request-id", "trace-1")))
     assert len(frames) == 3
-    await wait_for(lambda: len(router_spans.get_finished_spans()) == len(ROUTER_SPANS))
-    await wait_for(lambda: len(expert_spans.get_finished_spans()) == len(EXPERT_SPANS))
+    await eventually(lambda: len(router_spans.get_finished_spans()) == len(ROUTER_SPANS))
+    await eventually(lambda: len(expert_spans.get_finished_spans()) == len(EXPERT_SPANS))
     routed, expert = by_name(router_spans), by_name(expert_spans)
     assert set(routed) == ROUTER_SPANS and set(expert) == EXPERT_SPANS
 
@@ -129,8 +121,8 @@ async def test_failover_is_an_event_and_a_new_trace_starts_without_traceparent(t
     router, router_spans, expert_spans = await traced({"math": False, "general": True})
     frames = await generate(router.address, "solve this integral")
     assert len(frames) == 3
-    await wait_for(lambda: any(s.name == "router.generate" for s in router_spans.get_finished_spans()))
-    await wait_for(lambda: any(s.name == "expert.generate" for s in expert_spans.get_finished_spans()))
+    await eventually(lambda: any(s.name == "router.generate" for s in router_spans.get_finished_spans()))
+    await eventually(lambda: any(s.name == "expert.generate" for s in expert_spans.get_finished_spans()))
     routed, expert = by_name(router_spans), by_name(expert_spans)
     root = routed["router.generate"]
     assert root.parent is None  # no traceparent from the client: the router starts the trace
@@ -151,8 +143,8 @@ async def test_the_http_door_joins_the_callers_trace(traced) -> None:
                 session.post(f"http://{router.http.address}/v1/completions", json=body,
                              headers={"traceparent": CLIENT_TRACEPARENT}) as response):
         assert response.status == 200, await response.text()
-    await wait_for(lambda: any(s.name == "router.generate" for s in router_spans.get_finished_spans()))
-    await wait_for(lambda: any(s.name == "expert.generate" for s in expert_spans.get_finished_spans()))
+    await eventually(lambda: any(s.name == "router.generate" for s in router_spans.get_finished_spans()))
+    await eventually(lambda: any(s.name == "expert.generate" for s in expert_spans.get_finished_spans()))
     routed, expert = by_name(router_spans), by_name(expert_spans)
     root = routed["router.generate"]
     assert f"{root.context.trace_id:032x}" == CLIENT_TRACE_ID and f"{root.parent.span_id:016x}" == CLIENT_SPAN_ID
@@ -167,7 +159,7 @@ async def test_a_refused_request_is_traced_with_its_status(traced) -> None:
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await pb_grpc.RouterStub(channel).Generate(pb.GenerateRequest(prompt="hi", expert="nobody")).read()
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
-    await wait_for(lambda: len(router_spans.get_finished_spans()) == 1)
+    await eventually(lambda: len(router_spans.get_finished_spans()) == 1)
     (root,) = router_spans.get_finished_spans()
     assert root.name == "router.generate" and not root.status.is_ok
     assert root.attributes["rpc.grpc.status_code"] == grpc.StatusCode.NOT_FOUND.value[0]
@@ -199,7 +191,7 @@ async def test_a_retried_replica_is_an_event_of_upstream_open(relay: str, fake_c
             # Ties rotate, so of two calls in a row at least one tries the busy replica first.
             for _ in range(2):
                 assert len(await generate(router.address, "hello")) == 3
-            await wait_for(lambda: sum(s.name == "router.generate" for s in router_spans.get_finished_spans()) == 2)
+            await eventually(lambda: sum(s.name == "router.generate" for s in router_spans.get_finished_spans()) == 2)
         finally:
             hold.cancel()
             if router is not None:
@@ -262,7 +254,7 @@ async def test_otlp_endpoint_exports_over_grpc(relay: str, fake_classifier) -> N
                            listen="127.0.0.1:0", otlp_endpoint=f"http://{endpoint}")
         router = await router_server.start(cfg, classifier=fake_classifier)
         assert len(await generate(router.address, "hello there")) == 3
-        await wait_for(lambda: router.state.active == 0)
+        await eventually(lambda: router.state.active == 0)
     finally:
         if router is not None:
             await router.stop(0)  # flushes the batch of spans still waiting
