@@ -6,7 +6,8 @@
 // one completion queue and one thread per configured thread; every call is a small state machine
 // driven by tags from its queue, so a call's state is only ever touched by one thread and the frame
 // path takes no lock and never the GIL. Python is asked what to do through an event queue plus an
-// eventfd the asyncio loop watches, and answers through a grpc::Alarm on the call's own queue:
+// eventfd the asyncio loop watches, and answers through a grpc::Alarm (deadline already passed, so
+// it fires at once) on the call's own queue:
 //   start  (request bytes, metadata, peer, deadline)   -> proceed (channel, metadata) | finish (status)
 //   failed (an upstream status before the first frame) -> proceed (another replica)   | finish (status)
 //   done   (final status and the per-stream counters), once per Generate call that reached Python.
