@@ -7,10 +7,11 @@ what nginx spends. The relay in ``router_svc/native/relay.cc`` moves frames on g
 ``GenericStub::PrepareCall``, one completion queue and one thread per relay thread, one small state
 machine per call. That API was measured at 43-60 µs/frame for a bare pass-through relay where the
 callback API (``CallbackGenericService``) took 63-79 µs/frame and fell behind nginx's tokens/s at
-300 users, so the completion-queue API it is. This relay, measured by `make bench` on 2 shared
-cores (docs/benchmarks.md, docs/profiles/router.md): 39-72 µs of router CPU per relayed frame
-from 100 users on, against 150-153 µs for the Python relay and 16-31 µs for nginx, and about
-47 µs/frame once per-request work is spread over 512 frames; 0.90x nginx's tokens/s at 300 users.
+300 users, so the completion-queue API it is. This relay, measured by `make bench`'s script on 2
+shared cores (docs/benchmarks.md; medians of three runs in docs/profiles/router.md): 30-50 µs of
+router CPU per relayed frame from 100 users on, against 100-132 µs for the Python relay and 15-21 µs
+for nginx, and about 47 µs/frame once per-request work is spread over 512 frames; 1.00x nginx's
+tokens/s at 300 users and 0.87x at 1,000.
 
 How the two gRPC runtimes share the process: libgrpc++ 1.51 and
 grpcio 1.85 each carry their own gRPC core; loaded into one process, both serve (the extension is
@@ -37,6 +38,14 @@ Python is asked a bounded number of times per request and never per frame:
 C++ posts events to a queue and wakes the event loop through an eventfd (``loop.add_reader``);
 relay threads never take the GIL. Python answers through a ``grpc::Alarm`` on the call's own
 completion queue, so each call's state is touched by one thread only and the frame path has no lock.
+The alarm is set with an already-expired deadline: gRPC rounds an alarm's deadline up to the next
+millisecond, so one set to "now" waited in the timer heap and cost 0.65-0.85 ms of every request's
+time to first token (docs/profiles/router.md has the step-by-step breakdown).
+
+Memory per stream is bounded by construction: the relay reads the next upstream frame only once
+the client took the previous one, so it holds at most two frames per stream and a client that stops
+reading stops its expert through HTTP/2 flow control. ``_relay.Relay.held_bytes()`` reports the
+bytes held now (tests/integration/test_router_relay.py checks the bound).
 """
 from __future__ import annotations
 

@@ -6,7 +6,8 @@
 // one completion queue and one thread per configured thread; every call is a small state machine
 // driven by tags from its queue, so a call's state is only ever touched by one thread and the frame
 // path takes no lock and never the GIL. Python is asked what to do through an event queue plus an
-// eventfd the asyncio loop watches, and answers through a grpc::Alarm on the call's own queue:
+// eventfd the asyncio loop watches, and answers through a grpc::Alarm (deadline already passed, so
+// it fires at once) on the call's own queue:
 //   start  (request bytes, metadata, peer, deadline)   -> proceed (channel, metadata) | finish (status)
 //   failed (an upstream status before the first frame) -> proceed (another replica)   | finish (status)
 //   done   (final status and the per-stream counters), once per Generate call that reached Python.
@@ -85,6 +86,14 @@ enum Op { kAccept, kDoneNotify, kClientRead, kClientWrite, kClientFinish, kAlarm
 class Call;
 struct Upstream;
 
+// Bytes of response frames the calls of one completion queue hold (read from upstream, not yet
+// written to their client). Only that queue's thread writes it (a plain load and store, no locked
+// instruction on the frame path); Python reads the sum over queues. Its own cache line: the
+// queues' threads never share one.
+struct alignas(64) HeldBytes {
+  std::atomic<int64_t> value{0};
+};
+
 struct Tag {
   Call* call;
   Upstream* upstream;  // null for the server side's operations
@@ -123,9 +132,11 @@ class Relay;
 
 class Call {
  public:
-  Call(Relay* relay, grpc::ServerCompletionQueue* cq) : relay_(relay), cq_(cq), stream_(&context_) {
+  Call(Relay* relay, grpc::ServerCompletionQueue* cq, HeldBytes* held)
+      : relay_(relay), cq_(cq), held_bytes_(held), stream_(&context_) {
     for (int op = 0; op < kOpCount; ++op) tags_[op] = {this, nullptr, static_cast<Op>(op)};
   }
+  ~Call() { Hold(-held_); }
 
   void Request();
   void Handle(const Tag& tag, bool ok);
@@ -145,9 +156,14 @@ class Call {
   void FinishFromUpstream();
   void Post(EventKind kind);
   void MaybeDelete();
+  void Hold(int64_t bytes) {
+    held_ += bytes;
+    held_bytes_->value.store(held_bytes_->value.load(std::memory_order_relaxed) + bytes, std::memory_order_relaxed);
+  }
 
   Relay* relay_;
   grpc::ServerCompletionQueue* cq_;
+  HeldBytes* held_bytes_;
   grpc::GenericServerContext context_;
   grpc::GenericServerAsyncReaderWriter stream_;
   Tag tags_[kOpCount];
@@ -160,6 +176,8 @@ class Call {
   grpc::ByteBuffer write_buffer_;
   Metadata initial_;
   uint64_t id_ = 0;
+  int64_t held_ = 0;           // bytes of the frames below that this call holds
+  int64_t writing_bytes_ = 0;  // the frame being written to the client
   int pending_ = 0;
   bool accepted_ = false;
   bool generate_ = false;
@@ -208,7 +226,10 @@ class Relay {
     builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, reuse_port ? 1 : 0);
     builder.AddChannelArgument("grpc.http2.min_ping_interval_without_data_ms", 10000);
     builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
-    for (int i = 0; i < threads; ++i) queues_.push_back(builder.AddCompletionQueue());
+    for (int i = 0; i < threads; ++i) {
+      queues_.push_back(builder.AddCompletionQueue());
+      held_.push_back(std::make_unique<HeldBytes>());
+    }
     server_ = builder.BuildAndStart();
     if (!server_ || port == 0) {
       *error = "cannot listen on " + listen + ": address in use or not available";
@@ -218,9 +239,10 @@ class Relay {
       server_.reset();
       return 0;
     }
-    for (auto& queue : queues_) {
-      for (int i = 0; i < kCallsRequestedPerQueue; ++i) (new Call(this, queue.get()))->Request();
-      threads_.emplace_back([q = queue.get()] {
+    for (size_t q = 0; q < queues_.size(); ++q) {
+      grpc::ServerCompletionQueue* queue = queues_[q].get();
+      for (int i = 0; i < kCallsRequestedPerQueue; ++i) (new Call(this, queue, held_[q].get()))->Request();
+      threads_.emplace_back([q = queue] {
         void* tag;
         bool ok;
         while (q->Next(&tag, &ok)) {
@@ -281,6 +303,14 @@ class Relay {
   }
 
   int event_fd() const { return event_fd_; }
+  // Response bytes held by all calls now: at most two frames per stream (one being written to
+  // the client, one read and waiting for that write); a client that stops reading stops its
+  // upstream through HTTP/2 flow control instead of growing this.
+  int64_t held_bytes() const {
+    int64_t total = 0;
+    for (const auto& held : held_) total += held->value.load(std::memory_order_relaxed);
+    return total;
+  }
   size_t waiting() {
     std::lock_guard<std::mutex> lock(mutex_);
     return waiting_.size();
@@ -325,6 +355,7 @@ class Relay {
   grpc::AsyncGenericService service_;
   std::unique_ptr<grpc::Server> server_;
   std::vector<std::unique_ptr<grpc::ServerCompletionQueue>> queues_;
+  std::vector<std::unique_ptr<HeldBytes>> held_;  // one per queue, kept after shutdown (read by Python)
   std::vector<std::thread> threads_;
   std::shared_ptr<grpc::Channel> forward_;
   std::vector<double> itl_bounds_;
@@ -348,7 +379,10 @@ void Call::Request() {
 
 void Call::Decide(Decision&& decision) {
   decision_ = std::move(decision);
-  alarm_.Set(cq_, gpr_now(GPR_CLOCK_MONOTONIC), &tags_[kAlarm]);
+  // A deadline in the past, not "now": gRPC rounds an alarm's deadline up to the next millisecond,
+  // so "now" lands in the timer heap and fires on the next timer check, 0.65-0.85 ms later
+  // (measured, docs/profiles/router.md). An expired deadline posts the tag at once, from this thread.
+  alarm_.Set(cq_, gpr_inf_past(GPR_CLOCK_MONOTONIC), &tags_[kAlarm]);
 }
 
 void Call::Handle(const Tag& tag, bool ok) {
@@ -358,7 +392,7 @@ void Call::Handle(const Tag& tag, bool ok) {
       delete this;
       return;
     }
-    (new Call(relay_, cq_))->Request();
+    (new Call(relay_, cq_, held_bytes_))->Request();
     accepted_ = true;
     ++pending_;  // the done notification: always delivered for an accepted call
     generate_ = context_.method() == kRouterGenerate;
@@ -425,6 +459,7 @@ void Call::ReadUpstream() {
 
 void Call::WriteClient() {
   writing_ = true;
+  writing_bytes_ = static_cast<int64_t>(write_buffer_.Length());
   ++pending_;
   stream_.Write(write_buffer_, &tags_[kClientWrite]);
 }
@@ -529,9 +564,19 @@ void Call::HandleForward(Op op, bool ok) {
 // next one, so one write and one read stay in flight; the status goes out after the last write.
 void Call::ClientWriteDone(bool ok) {
   writing_ = false;
+  Hold(-writing_bytes_);
+  writing_bytes_ = 0;
   if (!ok) {
     client_broken_ = true;
     if (upstream_ != nullptr) upstream_->context.TryCancel();
+    if (frame_waiting_) {
+      // The client stopped reading and then left: reads had stopped for flow control, so drop the
+      // waiting frame and read on until the cancel ends the upstream call (else its status, and
+      // the end of this call, would never come).
+      frame_waiting_ = false;
+      Hold(-static_cast<int64_t>(read_buffer_.Length()));
+      if (!upstream_done_ && upstream_ != nullptr) ReadUpstream();
+    }
   } else if (frame_waiting_) {
     frame_waiting_ = false;
     read_buffer_.Swap(&write_buffer_);
@@ -580,6 +625,7 @@ void Call::HandleUpstream(Op op, bool ok) {
       last_frame_ = now;
       ++frames_;
       bytes_ += read_buffer_.Length();
+      Hold(static_cast<int64_t>(read_buffer_.Length()));
       if (capture_) captured_.push_back(Flatten(read_buffer_));
       if (writing_) {
         frame_waiting_ = true;  // flow control: no further read until the client took this frame
@@ -918,6 +964,8 @@ PyObject* PyRelay_shutdown(PyRelay* self, PyObject* args) {
 
 PyObject* PyRelay_waiting(PyRelay* self, PyObject*) { return PyLong_FromSize_t(self->relay->waiting()); }
 
+PyObject* PyRelay_held_bytes(PyRelay* self, PyObject*) { return PyLong_FromLongLong(self->relay->held_bytes()); }
+
 PyMethodDef kRelayMethods[] = {
     {"start", reinterpret_cast<PyCFunction>(PyRelay_start), METH_VARARGS,
      "start(listen, threads, forward_target, tls, max_message_bytes, reuse_port, itl_bounds) -> port"},
@@ -936,6 +984,8 @@ PyMethodDef kRelayMethods[] = {
      "shutdown(grace_s): stop accepting, let calls end within grace_s, cancel the rest"},
     {"waiting", reinterpret_cast<PyCFunction>(PyRelay_waiting), METH_NOARGS,
      "How many calls wait for an answer from Python."},
+    {"held_bytes", reinterpret_cast<PyCFunction>(PyRelay_held_bytes), METH_NOARGS,
+     "Response bytes the relay holds now (read from upstreams, not yet written to clients)."},
     {nullptr, nullptr, 0, nullptr}};
 
 PyTypeObject PyRelayType = {PyVarObject_HEAD_INIT(nullptr, 0)};

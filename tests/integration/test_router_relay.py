@@ -1,18 +1,32 @@
-"""The relay's end of a stream, for both relays (the ``relay`` fixture): clients that vanish, counted.
+"""The relay's end of a stream, for both relays (the ``relay`` fixture): clients that vanish or stop reading.
 
 A client that disappears mid-stream (its connection closed, not a polite cancel) must not leave an
 upstream stream behind: the expert aborts every generation, and the router's own counts
 (replica outstanding, streams active, admission slots) come back to zero.
+
+A client that stops reading must not make the router buffer what the expert keeps producing: the
+relay reads the next upstream frame only once the client took the previous one, so HTTP/2 flow
+control stops the expert. The expert here is a firehose (16 KiB frames as fast as gRPC takes
+them), so an unbounded relay would show within a second as hundreds of MiB sent.
 """
 from __future__ import annotations
 
+import asyncio
+import time
+
 import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from expert_router.v1 import expert_router_pb2 as pb
 from expert_router.v1 import expert_router_pb2_grpc as pb_grpc
 from tests.helpers import eventually
 
 STREAMS = 12
+FRAME_TEXT_BYTES = 16 * 1024
+# What flow control may let through: the HTTP/2 stream windows (expert -> router -> client, each
+# at most a few MiB once gRPC's BDP probe has grown them) and the sockets' buffers. Unbounded
+# relaying passes this in well under a second at the firehose's rate.
+FLOW_CONTROL_BOUND_BYTES = 64 * 2**20
 
 
 async def test_vanished_clients_leave_no_upstream_stream_open(start_router, start_expert, relay) -> None:
@@ -60,3 +74,83 @@ async def test_a_taken_port_is_a_bind_error_and_nothing_is_left_running(start_ro
             assert address in str(exc)
         else:
             raise AssertionError(f"the router started on {address}, which another socket holds")
+
+
+class FakeFirehoseExpert:
+    """Test-only Expert service (a real grpc.aio server): Generate yields 16 KiB frames as fast as
+    gRPC accepts them, until the call ends, counting what it handed to gRPC; health says SERVING."""
+
+    def __init__(self) -> None:
+        self.frames_sent = 0
+        self.streams = 0
+        self.ended = asyncio.Event()
+        self._frame = pb.GenerateResponse(text="x" * FRAME_TEXT_BYTES).SerializeToString()
+
+    async def generate(self, request: bytes, context):
+        self.streams += 1
+        try:
+            while True:
+                self.frames_sent += 1
+                yield self._frame  # returns once gRPC took the frame: flow control waits here
+        finally:
+            # Only the other side can end this stream: grpc.aio fails the pending write (or
+            # cancels the handler) once the router cancels its upstream call.
+            self.ended.set()
+
+    async def start(self) -> tuple[grpc.aio.Server, str]:
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("expert_router.v1.Expert", {
+            "Generate": grpc.unary_stream_rpc_method_handler(self.generate)}),))
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        return server, f"127.0.0.1:{port}"
+
+
+async def until_stalled(count, quiet_s: float = 1.0, timeout: float = 20.0) -> int:
+    """Waits until ``count()`` has not changed for ``quiet_s``; returns its value then."""
+    deadline = time.monotonic() + timeout
+    last, since = count(), time.monotonic()
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+        now = count()
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            return now
+    raise AssertionError(f"the expert never stalled: {count()} frames sent after {timeout:.0f} s")
+
+
+async def test_a_client_that_stops_reading_stalls_the_expert_not_the_router(start_router, relay) -> None:
+    firehose = FakeFirehoseExpert()
+    server, address = await firehose.start()
+    try:
+        router = await start_router({"general": [address]})
+        async with grpc.aio.insecure_channel(router.address) as channel:
+            call = pb_grpc.RouterStub(channel).Generate(pb.GenerateRequest(
+                request_id="slow-reader", prompt="tell me everything", expert="general"))
+            assert len((await call.read()).text) == FRAME_TEXT_BYTES
+            # The client reads nothing more; the expert would go on forever.
+            sent = await until_stalled(lambda: firehose.frames_sent)
+            assert sent * FRAME_TEXT_BYTES < FLOW_CONTROL_BOUND_BYTES, f"{sent} frames went out before the stall"
+            if relay == "native":
+                held = router.native.native.held_bytes()
+                # One frame being written to the client and one read and waiting for it, no more.
+                assert 0 < held <= 2 * (FRAME_TEXT_BYTES + 16), f"the relay holds {held} bytes"
+            # Still stalled a moment later: nothing is being pulled through a buffer somewhere.
+            await asyncio.sleep(0.5)
+            assert firehose.frames_sent == sent
+            assert router.upstream.outstanding == 1
+
+            call.cancel()
+            async with asyncio.timeout(5):
+                await firehose.ended.wait()  # the upstream stream was cancelled, not left stalled
+            await eventually(lambda: router.upstream.outstanding == 0 and router.state.active == 0
+                             and router.admission.total == 0)
+            if relay == "native":
+                assert router.native.native.waiting() == 0
+                await eventually(lambda: router.native.native.held_bytes() == 0)
+    finally:
+        await server.stop(0)
