@@ -179,6 +179,7 @@ async def ended_with_an_error(call) -> grpc.StatusCode:
 
 
 async def test_stopping_with_streams_in_flight_ends_every_stream(start_router, start_expert, relay) -> None:
+    """Generate streams mid-generation and a forwarded health Watch, open while the router stops."""
     expert = await start_expert("general", tokens_per_second=50.0, max_concurrency=2 * STREAMS_AT_STOP)
     for round_number in range(STOP_ROUNDS):
         router = await start_router({"general": [expert.address]})
@@ -189,12 +190,15 @@ async def test_stopping_with_streams_in_flight_ends_every_stream(start_router, s
                      for _ in range(STREAMS_AT_STOP)]
             for call in calls:
                 assert (await call.read()).text
+            # A stream the native relay forwards to the Python server, open too (a health Watch).
+            watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
+            assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
             if relay == "native" and round_number == 0:
                 # Two shutdowns at once from two threads: the second waits for the first, then returns.
                 await asyncio.gather(*(asyncio.to_thread(router.native.native.shutdown, 0) for _ in range(2)))
             await router.stop(0)
             await router.stop(0)  # a second stop is a no-op
-            codes = [await ended_with_an_error(call) for call in calls]
+            codes = [await ended_with_an_error(call) for call in (*calls, watch)]
             assert all(code in ENDED_BY_STOP for code in codes), codes
         if relay == "native":
             native = router.native.native
