@@ -46,6 +46,16 @@ Memory per stream is bounded by construction: the relay reads the next upstream 
 the client took the previous one, so it holds at most two frames per stream and a client that stops
 reading stops its expert through HTTP/2 flow control. ``_relay.Relay.held_bytes()`` reports the
 bytes held now (tests/integration/test_router_relay.py checks the bound).
+
+Shutdown (``_relay.Relay.shutdown``, run off the event loop by ``NativeRelay.stop``) goes in the order
+gRPC needs: the native server first (after the grace it cancels every call), then every call still
+waiting for Python is answered UNAVAILABLE by the relay itself (Python's later answers are refused),
+then it waits for the last call to end, and only then shuts its completion queues and joins its
+threads. A call's handler starts operations on its queue (the upstream's Finish after a failed read,
+then the client's), and gRPC aborts the process (``assertion failed: grpc_cq_begin_op`` in call.cc)
+when one starts on a queue that was shut down and has drained; shutting the queues first did that
+whenever a router stopped with streams in flight and a cancellation was still on its way through a
+call. ``_relay.Relay.live_calls()`` counts the calls the relay holds; it is 0 once shutdown returns.
 """
 from __future__ import annotations
 
@@ -233,7 +243,11 @@ class NativeRelay:
                                         tuple(gaps), gap_sum, None if captured is None else tuple(captured)))
 
     async def stop(self, grace: float) -> None:
-        """Stops accepting, lets streams end within ``grace``, cancels the rest; then the bridge closes."""
+        """Stops accepting, lets streams end within ``grace``, cancels the rest; then the bridge closes.
+
+        The native shutdown returns once every native call has ended, Python's answer or not; calls
+        Python was still deciding see their answer refused (``NativeCall.proceed`` returns CANCELLED).
+        """
         if self._stopped:
             return
         self._stopped = True

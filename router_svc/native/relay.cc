@@ -11,6 +11,15 @@
 //   start  (request bytes, metadata, peer, deadline)   -> proceed (channel, metadata) | finish (status)
 //   failed (an upstream status before the first frame) -> proceed (another replica)   | finish (status)
 //   done   (final status and the per-stream counters), once per Generate call that reached Python.
+//
+// Shutdown order (Relay::Shutdown): the server first (after the grace it cancels every call and fails
+// every requested one), then every call still waiting for Python is answered "shutting down", then
+// the relay waits until the last Call object is gone, and only then shuts the completion queues.
+// A call's handler starts new operations on its queue (an upstream Finish after a failed read, the
+// client's Finish after the upstream's), and gRPC aborts the process when an operation starts on a
+// queue that was shut down and has drained (GPR_ASSERT(grpc_cq_begin_op(...)) in call.cc): shutting
+// the queues while calls lived did exactly that, now and then, when a router stopped with streams
+// in flight.
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -27,6 +36,8 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <cstdio>
 #include <cstring>
 #include <memory>
 #include <mutex>
@@ -130,17 +141,30 @@ bool Forwardable(const grpc::string_ref& key) {
 
 class Relay;
 
+// Counts a Call as alive from its construction until after its last member (its server context,
+// its upstream attempts, its alarm) is destroyed: declared first in Call, so destroyed last.
+class LiveCall {
+ public:
+  explicit LiveCall(Relay* relay);
+  ~LiveCall();
+  LiveCall(const LiveCall&) = delete;
+  LiveCall& operator=(const LiveCall&) = delete;
+
+ private:
+  Relay* relay_;
+};
+
 class Call {
  public:
   Call(Relay* relay, grpc::ServerCompletionQueue* cq, HeldBytes* held)
-      : relay_(relay), cq_(cq), held_bytes_(held), stream_(&context_) {
+      : live_(relay), relay_(relay), cq_(cq), held_bytes_(held), stream_(&context_) {
     for (int op = 0; op < kOpCount; ++op) tags_[op] = {this, nullptr, static_cast<Op>(op)};
   }
   ~Call() { Hold(-held_); }
 
   void Request();
   void Handle(const Tag& tag, bool ok);
-  void Decide(Decision&& decision);  // Python's thread, under the relay's lock
+  void Decide(Decision&& decision);  // under the relay's lock: Python's thread, or shutdown's
   uint64_t id() const { return id_; }
 
  private:
@@ -161,6 +185,7 @@ class Call {
     held_bytes_->value.store(held_bytes_->value.load(std::memory_order_relaxed) + bytes, std::memory_order_relaxed);
   }
 
+  LiveCall live_;  // first: outlives every other member
   Relay* relay_;
   grpc::ServerCompletionQueue* cq_;
   HeldBytes* held_bytes_;
@@ -233,10 +258,11 @@ class Relay {
     server_ = builder.BuildAndStart();
     if (!server_ || port == 0) {
       *error = "cannot listen on " + listen + ": address in use or not available";
+      if (server_) server_->Shutdown();  // a server goes before the queues it uses (no call exists yet)
+      server_.reset();
       for (auto& queue : queues_) queue->Shutdown();
       DrainQueues();
       queues_.clear();
-      server_.reset();
       return 0;
     }
     for (size_t q = 0; q < queues_.size(); ++q) {
@@ -255,26 +281,31 @@ class Relay {
     return port;
   }
 
-  // Stops accepting, lets calls end until ``grace_s`` has passed, then cancels the rest.
+  // Stops accepting, lets calls end until ``grace_s`` has passed, then cancels the rest; returns
+  // once every call has ended and the relay threads have stopped. A second call (from any thread)
+  // waits for the first and returns.
   void Shutdown(double grace_s) {
+    std::lock_guard<std::mutex> once(shutdown_mutex_);
     if (!running_) return;
     running_ = false;
     auto deadline = std::chrono::system_clock::now() +
                     std::chrono::microseconds(static_cast<int64_t>(std::max(grace_s, 0.0) * 1e6));
+    // After the grace every server call is cancelled and every requested call fails; the queues
+    // stay open, so the calls' handlers still run and end their calls.
     server_->Shutdown(deadline);
     {
+      // Calls waiting for Python get their answer now: Python's later answers are refused, and a
+      // call that asks from here on is answered at once (Wait).
       std::lock_guard<std::mutex> lock(mutex_);
       closed_ = true;
+      for (auto& [id, call] : waiting_) call->Decide(ShuttingDown());
+      waiting_.clear();
     }
+    WaitForCalls();
+    // No call is left to start an operation: the queues can be shut down and drained.
     for (auto& queue : queues_) queue->Shutdown();
     for (auto& thread : threads_) thread.join();
     threads_.clear();
-    // Calls still waiting for an answer that will not come now (their server call is gone).
-    std::unordered_map<uint64_t, Call*> waiting;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      waiting.swap(waiting_);
-    }
     server_.reset();
     queues_.clear();
   }
@@ -315,12 +346,33 @@ class Relay {
     std::lock_guard<std::mutex> lock(mutex_);
     return waiting_.size();
   }
+  // Call objects alive: requested (waiting for a client), in flight, or ending. 0 after Shutdown.
+  int64_t live_calls() {
+    std::lock_guard<std::mutex> lock(calls_mutex_);
+    return live_calls_;
+  }
 
   // Relay threads ---------------------------------------------------------------------------------
 
-  void Wait(Call* call) {
+  // Registers ``call`` as waiting for Python and returns true; once shutting down, answers it at
+  // once ("shutting down") and returns false: Python is not asked.
+  bool Wait(Call* call) {
     std::lock_guard<std::mutex> lock(mutex_);
+    if (closed_) {
+      call->Decide(ShuttingDown());
+      return false;
+    }
     waiting_[call->id()] = call;
+    return true;
+  }
+
+  void CallCreated() {
+    std::lock_guard<std::mutex> lock(calls_mutex_);
+    ++live_calls_;
+  }
+  void CallDestroyed() {
+    std::lock_guard<std::mutex> lock(calls_mutex_);
+    if (--live_calls_ == 0) calls_ended_.notify_all();
   }
 
   void Post(Event&& event) {
@@ -343,6 +395,23 @@ class Relay {
   const std::shared_ptr<grpc::Channel>& forward() const { return forward_; }
 
  private:
+  static Decision ShuttingDown() {
+    Decision decision;
+    decision.code = grpc::StatusCode::UNAVAILABLE;
+    decision.details = "the router is shutting down; retry on another router";
+    return decision;
+  }
+
+  // Every call ends by itself once the server is shut down (its server call cancelled, its
+  // upstream cancelled in turn, its decision given): this only waits. A wait that lasts says so
+  // on stderr rather than shutting the queues under live calls, which would abort the process.
+  void WaitForCalls() {
+    std::unique_lock<std::mutex> lock(calls_mutex_);
+    while (!calls_ended_.wait_for(lock, std::chrono::seconds(10), [this] { return live_calls_ == 0; }))
+      fprintf(stderr, "router_svc._relay: shutdown still waiting for %lld call(s) to end\n",
+              static_cast<long long>(live_calls_));
+  }
+
   void DrainQueues() {
     for (auto& queue : queues_) {
       void* tag;
@@ -359,6 +428,10 @@ class Relay {
   std::vector<std::thread> threads_;
   std::shared_ptr<grpc::Channel> forward_;
   std::vector<double> itl_bounds_;
+  std::mutex shutdown_mutex_;  // one Shutdown at a time
+  std::mutex calls_mutex_;
+  std::condition_variable calls_ended_;
+  int64_t live_calls_ = 0;
   std::mutex mutex_;
   std::unordered_map<uint64_t, Call*> waiting_;
   std::vector<Event> events_;
@@ -369,6 +442,9 @@ class Relay {
 };
 
 // Call -------------------------------------------------------------------------------------------
+
+LiveCall::LiveCall(Relay* relay) : relay_(relay) { relay_->CallCreated(); }
+LiveCall::~LiveCall() { relay_->CallDestroyed(); }
 
 void Call::Request() {
   // Must precede the request; delivered only for a call that starts (grpc/grpc#10136).
@@ -472,9 +548,8 @@ void Call::FinishClient(const grpc::Status& status) {
 
 void Call::AwaitDecision(Event&& event) {
   event.id = id_;
-  ++pending_;  // the alarm Python sets with its answer
-  relay_->Wait(this);
-  relay_->Post(std::move(event));
+  ++pending_;  // the alarm set with the answer (Python's, or the relay's own when shutting down)
+  if (relay_->Wait(this)) relay_->Post(std::move(event));
 }
 
 void Call::Post(EventKind kind) {
@@ -966,6 +1041,8 @@ PyObject* PyRelay_waiting(PyRelay* self, PyObject*) { return PyLong_FromSize_t(s
 
 PyObject* PyRelay_held_bytes(PyRelay* self, PyObject*) { return PyLong_FromLongLong(self->relay->held_bytes()); }
 
+PyObject* PyRelay_live_calls(PyRelay* self, PyObject*) { return PyLong_FromLongLong(self->relay->live_calls()); }
+
 PyMethodDef kRelayMethods[] = {
     {"start", reinterpret_cast<PyCFunction>(PyRelay_start), METH_VARARGS,
      "start(listen, threads, forward_target, tls, max_message_bytes, reuse_port, itl_bounds) -> port"},
@@ -986,6 +1063,8 @@ PyMethodDef kRelayMethods[] = {
      "How many calls wait for an answer from Python."},
     {"held_bytes", reinterpret_cast<PyCFunction>(PyRelay_held_bytes), METH_NOARGS,
      "Response bytes the relay holds now (read from upstreams, not yet written to clients)."},
+    {"live_calls", reinterpret_cast<PyCFunction>(PyRelay_live_calls), METH_NOARGS,
+     "Calls the relay holds now (requested, in flight or ending); 0 once shutdown() returned."},
     {nullptr, nullptr, 0, nullptr}};
 
 PyTypeObject PyRelayType = {PyVarObject_HEAD_INIT(nullptr, 0)};

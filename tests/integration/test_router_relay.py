@@ -8,18 +8,27 @@ A client that stops reading must not make the router buffer what the expert keep
 relay reads the next upstream frame only once the client took the previous one, so HTTP/2 flow
 control stops the expert. The expert here is a firehose (16 KiB frames as fast as gRPC takes
 them), so an unbounded relay would show within a second as hundreds of MiB sent.
+
+A router that stops with streams in flight, or with calls waiting for their routing decision, must
+end every call and return: the native relay shuts its completion queues only once its last call
+is gone (gRPC aborts the process when a call starts an operation on a queue already shut down and
+drained, which stopping with streams in flight used to do).
 """
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
+from collections.abc import Sequence
 
 import grpc
+import numpy as np
+import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from expert_router.v1 import expert_router_pb2 as pb
 from expert_router.v1 import expert_router_pb2_grpc as pb_grpc
-from tests.helpers import eventually
+from tests.helpers import HANG_GUARD_S, FakeClassifier, drain, eventually
 
 STREAMS = 12
 FRAME_TEXT_BYTES = 16 * 1024
@@ -154,3 +163,85 @@ async def test_a_client_that_stops_reading_stalls_the_expert_not_the_router(star
                 await eventually(lambda: router.native.native.held_bytes() == 0)
     finally:
         await server.stop(0)
+
+
+STOP_ROUNDS = 5
+STREAMS_AT_STOP = 8
+ENDED_BY_STOP = (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)
+
+
+async def ended_with_an_error(call) -> grpc.StatusCode:
+    """Reads ``call`` to its end (a hang guard bounds the wait); returns its error status."""
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        async with asyncio.timeout(HANG_GUARD_S):
+            await drain(call)
+    return info.value.code()
+
+
+async def test_stopping_with_streams_in_flight_ends_every_stream(start_router, start_expert, relay) -> None:
+    """Generate streams mid-generation and a forwarded health Watch, open while the router stops."""
+    expert = await start_expert("general", tokens_per_second=50.0, max_concurrency=2 * STREAMS_AT_STOP)
+    for round_number in range(STOP_ROUNDS):
+        router = await start_router({"general": [expert.address]})
+        async with grpc.aio.insecure_channel(router.address) as channel:
+            stub = pb_grpc.RouterStub(channel)
+            calls = [stub.Generate(pb.GenerateRequest(prompt="a long answer please",
+                                                      sampling=pb.SamplingParams(max_tokens=500)))
+                     for _ in range(STREAMS_AT_STOP)]
+            for call in calls:
+                assert (await call.read()).text
+            # A stream the native relay forwards to the Python server, open too (a health Watch).
+            watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
+            assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+            if relay == "native" and round_number == 0:
+                # Two shutdowns at once from two threads: the second waits for the first, then returns.
+                await asyncio.gather(*(asyncio.to_thread(router.native.native.shutdown, 0) for _ in range(2)))
+            await router.stop(0)
+            await router.stop(0)  # a second stop is a no-op
+            codes = [await ended_with_an_error(call) for call in (*calls, watch)]
+            assert all(code in ENDED_BY_STOP for code in codes), codes
+        if relay == "native":
+            native = router.native.native
+            assert (native.live_calls(), native.waiting(), native.held_bytes()) == (0, 0, 0)
+        await eventually(lambda: expert.engine.stats.active == 0, what="the expert's streams cancelled")
+    assert expert.engine.stats.finished == 0
+
+
+class GatedClassifier(FakeClassifier):
+    """FAKE classifier (FakeClassifier's surface, see its docstring) whose ``predict_batch`` blocks,
+    in the batcher's worker thread, until ``gate`` is set: calls wait for their routing decision."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+
+    def predict_batch(self, texts: Sequence[str]) -> np.ndarray:
+        self.entered.set()
+        self.gate.wait(HANG_GUARD_S)
+        return super().predict_batch(texts)
+
+
+async def test_stopping_with_a_call_waiting_for_its_decision_ends_it(start_router, start_expert, relay) -> None:
+    expert = await start_expert("general")
+    classifier = GatedClassifier()
+    router = await start_router({"general": [expert.address]}, classifier=classifier)
+    async with grpc.aio.insecure_channel(router.address) as channel:
+        call = pb_grpc.RouterStub(channel).Generate(pb.GenerateRequest(prompt="which expert is this for?"))
+        await eventually(classifier.entered.is_set, what="the call reached the classifier")
+        if relay == "native":
+            assert router.native.native.waiting() == 1
+        stopping = asyncio.create_task(router.stop(0))
+        try:
+            assert await ended_with_an_error(call) in ENDED_BY_STOP
+            if relay == "native":
+                # The relay ended the call without Python's answer, which is still being computed.
+                native = router.native.native
+                await eventually(lambda: native.live_calls() == 0, what="every native call ended")
+                assert native.waiting() == 0
+                assert not classifier.gate.is_set()
+        finally:
+            classifier.gate.set()
+        await stopping
+    assert router.admission.total == 0 and router.state.active == 0
+    assert expert.engine.stats.active == 0
