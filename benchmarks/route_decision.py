@@ -16,7 +16,7 @@ short text on the idle loop), under three conditions:
 
     .venv/bin/python benchmarks/route_decision.py                        # all three, 200 calls each
     .venv/bin/python benchmarks/route_decision.py --conditions idle --iterations 100 --gap-ms 300
-    .venv/bin/python benchmarks/route_decision.py --conditions idle --keep-warm-ms 10
+    .venv/bin/python benchmarks/route_decision.py --conditions idle --keep-warm-ms 10 --variants
 
 Medians and p90s in microseconds go to stdout. A measurement, not a test; the machine's other
 load moves the idle figures, so compare rows of one run.
@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 import core
 from expert_router.v1 import expert_router_pb2 as pb
 from router_svc.batching import MicroBatcher
-from router_svc.classifier import OUTPUT_NAME, Classifier
+from router_svc.classifier import DEFAULT_ARTIFACT_DIR, MODEL_FILE, OUTPUT_NAME, Classifier
 from router_svc.loadgen import prompts
 from router_svc.servicer import ExpertChooser, classification_text
 
@@ -124,6 +124,101 @@ def measure_steps(classifier: Classifier, texts: Sequence[str], conditioner: Con
     return results
 
 
+def session_variant(artifact: str | None, **options: object) -> Callable[[str], None]:
+    """A Classifier whose onnxruntime session differs from the router's by ``options``."""
+    import onnxruntime as ort
+
+    variant = Classifier.load(artifact)
+    settings = ort.SessionOptions()
+    settings.intra_op_num_threads = settings.inter_op_num_threads = 1
+    settings.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    settings.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    for name, value in options.items():
+        setattr(settings, name, value)
+    model = (Path(artifact) if artifact else DEFAULT_ARTIFACT_DIR) / MODEL_FILE
+    session = ort.InferenceSession(model.read_bytes(), sess_options=settings, providers=["CPUExecutionProvider"])
+    variant._session, variant._run = session, session.run  # the benchmark swaps the session alone
+    return lambda text: variant.predict_batch([text])
+
+
+def numpy_variant(classifier: Classifier, artifact: str | None) -> Callable[[str], None] | None:
+    """The packaged graph (bags of float16 table rows, bias, softmax) evaluated with numpy instead
+    of onnxruntime: how much of a cold prediction is onnxruntime's own code. Needs the ``onnx``
+    package (the dev extra) to read the tables; None without it or for another graph."""
+    try:
+        import onnx
+        from onnx import numpy_helper
+    except ImportError:
+        return None
+    model = onnx.load((Path(artifact) if artifact else DEFAULT_ARTIFACT_DIR) / MODEL_FILE)
+    tables = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    if not {"table", "word_table", "bias"} <= tables.keys():
+        return None
+    table, word_table, bias = tables["table"], tables["word_table"], tables["bias"]
+    featurizer = classifier.featurizer_config.build()
+    word_config = classifier.word_featurizer_config
+    if word_config is None:
+        return None
+    word_featurizer = word_config.build()
+
+    def run(text: str) -> None:
+        ids, weights, _ = featurizer.transform_batch([text])
+        word_ids, word_weights, _ = word_featurizer.transform_batch([text])
+        logits = ((table[ids].astype(np.float32) * weights[:, None]).sum(0)
+                  + (word_table[word_ids].astype(np.float32) * (word_weights * word_weights)[:, None]).sum(0)
+                  + bias)
+        exp = np.exp(logits - logits.max())
+        exp / exp.sum()
+
+    return run
+
+
+def measure_variants(classifier: Classifier, texts: Sequence[str], conditioner: Conditioner,
+                     iterations: int, artifact: str | None) -> dict[str, list[float]]:
+    """``predict_batch`` against variants that would show what makes a cold prediction slow:
+    spinning first (the clock speed), a short prediction first (the caches), session options."""
+    import onnxruntime as ort
+
+    def spin_then(seconds: float) -> None:
+        deadline = time.perf_counter() + seconds
+        while time.perf_counter() < deadline:
+            pass
+
+    prepare: dict[str, Callable[[], None]] = {
+        "predict_batch": lambda: None,
+        "spin 2 ms first": lambda: spin_then(0.002),
+        "a short prediction first": lambda: classifier.predict_batch(("a short text",)),
+    }
+    sessions: dict[str, Callable[[str], None]] = {
+        "session: enable_mem_pattern off": session_variant(artifact, enable_mem_pattern=False),
+        "session: enable_cpu_mem_arena off": session_variant(artifact, enable_cpu_mem_arena=False),
+        "session: basic graph optimizations": session_variant(
+            artifact, graph_optimization_level=ort.GraphOptimizationLevel.ORT_ENABLE_BASIC),
+    }
+    evaluated_with_numpy = numpy_variant(classifier, artifact)
+    if evaluated_with_numpy is not None:
+        sessions["the same graph in numpy"] = evaluated_with_numpy
+    def predict(text: str) -> None:
+        classifier.predict_batch([text])
+
+    for text in texts:
+        predict(text)
+        for run in sessions.values():
+            run(text)
+    results: dict[str, list[float]] = {name: [] for name in (*prepare, *sessions)}
+    for i in range(iterations):
+        text = texts[i % len(texts)]
+        for name, timed in results.items():
+            conditioner.before()
+            if name in prepare:
+                prepare[name]()
+            run = sessions.get(name, predict)
+            started = time.perf_counter_ns()
+            run(text)
+            timed.append((time.perf_counter_ns() - started) / 1000)
+    return {f"variant: {name}": values for name, values in results.items()}
+
+
 def measure_route(classifier: Classifier, texts: Sequence[str], conditioner: Conditioner,
                   iterations: int, keep_warm_s: float | None) -> dict[str, list[float]]:
     """``ExpertChooser.route`` as the router calls it (the MicroBatcher, inline once proven cheap).
@@ -181,6 +276,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--evict-mib", type=int, default=64, help="memory read before each evict call (default 64)")
     parser.add_argument("--keep-warm-ms", type=float, default=0.0,
                         help="also measure route with the model re-scored every this many idle ms (default: not)")
+    parser.add_argument("--variants", action="store_true",
+                        help="also time predict_batch after a spin, after a short prediction, and with other "
+                             "onnxruntime session options, interleaved")
     parser.add_argument("--artifact", default=None, help="classifier artifact directory (default: packaged)")
     args = parser.parse_args(argv)
     classifier = Classifier.load(args.artifact)
@@ -192,12 +290,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = measure_steps(classifier, texts, conditioner, args.iterations)
         for keep_warm_s in [None] + ([args.keep_warm_ms / 1000] if args.keep_warm_ms > 0 else []):
             rows.update(measure_route(classifier, texts, conditioner, args.iterations, keep_warm_s))
+        if args.variants:
+            rows.update(measure_variants(classifier, texts, conditioner, args.iterations, args.artifact))
         print(f"\n{condition}: step, p50 / p90 us")
         for step, values in rows.items():
             if not values:
                 print(f"  {step}")
                 continue
-            print(f"  {step:<40} {statistics.median(values):8.1f} / {percentile(values, 0.9):8.1f}")
+            print(f"  {step:<44} {statistics.median(values):8.1f} / {percentile(values, 0.9):8.1f}")
     return 0
 
 
