@@ -48,3 +48,14 @@ def test_mismatched_or_empty_input_is_a_value_error() -> None:
         decide(LABELS, scores(0.5, 0.5), 0.1, "general")
     with pytest.raises(ValueError, match="no scores"):
         decide((), scores(), 0.1, "general")
+
+
+def test_ranked_matches_a_stable_descending_sort_and_puts_nan_last() -> None:
+    rng = np.random.default_rng(7)
+    for n in (1, 2, 6, 16, 17, 40):  # 17 and 40 take the heap buffer
+        values = rng.choice(np.asarray([0.0, 0.125, 0.25, 0.5], dtype=np.float32), size=n)
+        labels = tuple(f"l{i}" for i in range(n))
+        expected = sorted(range(n), key=lambda i: -values[i])
+        assert [label for label, _ in rank(labels, values)] == [labels[i] for i in expected]
+    ranked = rank(("a", "b", "c", "d"), scores(0.25, float("nan"), 0.5, 0.25))
+    assert [label for label, _ in ranked] == ["c", "a", "d", "b"]
