@@ -1,6 +1,6 @@
 """OpenTelemetry traces for both services, paid for only when they are switched on.
 
-Off (``--otlp-endpoint`` empty, the default), ``start_tracing`` returns None and imports nothing
+Off (no ``--otlp-endpoint``, the default), ``start_tracing`` returns None and imports nothing
 from OpenTelemetry; a service holding ``tracing = None`` pays one ``is None`` test per request and
 allocates nothing for tracing.
 
