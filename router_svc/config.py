@@ -197,6 +197,13 @@ _BY_NAME = {setting.name: setting for setting in SETTINGS}
 _BY_KEY = {setting.key: setting for setting in SETTINGS if setting.key is not None}
 # Settings a reload cannot change (server.py keeps the running value and logs the change).
 RESTART_ONLY = restart_only(SETTINGS)
+
+
+def declared_default(name: str) -> Any:
+    """A setting's default as SETTINGS declares it, for the objects built from parts of a RouterConfig."""
+    return _BY_NAME[name].default
+
+
 DEFAULT_FALLBACK: str = _BY_NAME["fallback"].default
 DEFAULT_MIN_CONFIDENCE: float = _BY_NAME["min_confidence"].default
 

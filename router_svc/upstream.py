@@ -35,7 +35,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from router_svc.config import UpstreamExpert, parse_address
+from router_svc.config import UpstreamExpert, declared_default, parse_address
 from router_svc.discovery import DnsWatcher, Resolver, resolve
 from router_svc.errors import ExpertUnavailable, UnknownExpert, UpstreamError
 from router_svc.metrics import RouterMetrics
@@ -91,14 +91,14 @@ def channel_options(max_message_bytes: int, reconnect_max_s: float = 5.0,
 class UpstreamSettings:
     """The RouterConfig settings the pool uses."""
 
-    max_message_bytes: int = 4 * 1024 * 1024
-    health_interval_s: float = 2.0
-    dns_refresh_s: float = 10.0
-    eject_after: int = 3
-    eject_base_s: float = 1.0
-    eject_max_s: float = 30.0
-    max_ejected_percent: int = 50
-    max_attempts: int = 3
+    max_message_bytes: int = declared_default("max_message_bytes")
+    health_interval_s: float = declared_default("health_interval_s")
+    dns_refresh_s: float = declared_default("dns_refresh_s")
+    eject_after: int = declared_default("eject_after")
+    eject_base_s: float = declared_default("eject_base_s")
+    eject_max_s: float = declared_default("eject_max_s")
+    max_ejected_percent: int = declared_default("max_ejected_percent")
+    max_attempts: int = declared_default("max_attempts")
     # TLS to the experts (None: plaintext), and the same as PEM bytes (CA, certificate, key) for the
     # native relay's channels.
     credentials: grpc.ChannelCredentials | None = None
@@ -119,12 +119,15 @@ class UpstreamSettings:
         from router_svc import native_relay
 
         health_only = getattr(cfg, "relay", "python") == "native" and native_relay.available()
-        return cls(max_message_bytes=cfg.max_message_bytes, health_interval_s=cfg.health_interval_s,
-                   dns_refresh_s=cfg.dns_refresh_s, eject_after=cfg.eject_after,
-                   eject_base_s=cfg.eject_base_s, eject_max_s=cfg.eject_max_s,
-                   max_ejected_percent=cfg.max_ejected_percent, max_attempts=cfg.max_attempts,
+        return cls(**{name: getattr(cfg, name) for name in _FROM_ROUTER_CONFIG},
                    credentials=credentials, tls_pem=tls_pem,
                    keepalive_ms=HEALTH_ONLY_KEEPALIVE_MS if health_only else KEEPALIVE_MS)
+
+
+
+# The UpstreamSettings fields copied from RouterConfig as they are (their defaults come from SETTINGS).
+_FROM_ROUTER_CONFIG = ("max_message_bytes", "health_interval_s", "dns_refresh_s", "eject_after", "eject_base_s",
+                       "eject_max_s", "max_ejected_percent", "max_attempts")
 
 
 class Replica:
