@@ -87,6 +87,23 @@ async def running_expert(cfg: ExpertConfig) -> AsyncIterator[tuple[RunningExpert
         await expert.stop(grace=0.5)
 
 
+async def serve_fake_expert_generate(generate: Callable[..., Any]) -> tuple[grpc.aio.Server, str]:
+    """A gRPC server on a free loopback port whose Expert.Generate is ``generate`` (a unary-stream
+    handler) and whose health service answers SERVING; returns the server and its address. For the
+    fake experts of the router tests, which only need Generate to misbehave in their own way."""
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("expert_router.v1.Expert", {
+        "Generate": grpc.unary_stream_rpc_method_handler(generate)}),))
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    return server, f"127.0.0.1:{port}"
+
+
 def request(prompt: str = "hello expert", request_id: str = "", **sampling: Any) -> pb.GenerateRequest:
     return pb.GenerateRequest(request_id=request_id, prompt=prompt, sampling=pb.SamplingParams(**sampling))
 

@@ -21,11 +21,17 @@ from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from expert_router.v1 import expert_router_pb2 as pb
 from expert_router.v1 import expert_router_pb2_grpc as pb_grpc
-from tests.helpers import discard_output, drain, expert_processes, start_expert_process
+from tests.helpers import (
+    discard_output,
+    drain,
+    expert_processes,
+    serve_fake_expert_generate,
+    start_expert_process,
+)
 
 ARTIFACT = Path(__file__).resolve().parents[2] / "router_svc" / "classifier_data" / "model.onnx"
 pytestmark = pytest.mark.skipif(not ARTIFACT.exists(), reason="the packaged classifier is not built yet")
@@ -153,15 +159,7 @@ class FakeHangingExpert:
             raise
 
     async def start(self) -> tuple[grpc.aio.Server, str]:
-        server = grpc.aio.server()
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("expert_router.v1.Expert", {
-            "Generate": grpc.unary_stream_rpc_method_handler(self.generate)}),))
-        health_servicer = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-        return server, f"127.0.0.1:{port}"
+        return await serve_fake_expert_generate(self.generate)
 
 
 async def test_expert_that_never_answers_meets_the_deadline(tmp_path: Path, start_expert, relay: str) -> None:

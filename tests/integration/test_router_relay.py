@@ -24,11 +24,11 @@ from collections.abc import Sequence
 import grpc
 import numpy as np
 import pytest
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from expert_router.v1 import expert_router_pb2 as pb
 from expert_router.v1 import expert_router_pb2_grpc as pb_grpc
-from tests.helpers import HANG_GUARD_S, FakeClassifier, drain, eventually
+from tests.helpers import HANG_GUARD_S, FakeClassifier, drain, eventually, serve_fake_expert_generate
 
 STREAMS = 12
 FRAME_TEXT_BYTES = 16 * 1024
@@ -107,15 +107,7 @@ class FakeFirehoseExpert:
             self.ended.set()
 
     async def start(self) -> tuple[grpc.aio.Server, str]:
-        server = grpc.aio.server()
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("expert_router.v1.Expert", {
-            "Generate": grpc.unary_stream_rpc_method_handler(self.generate)}),))
-        health_servicer = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-        return server, f"127.0.0.1:{port}"
+        return await serve_fake_expert_generate(self.generate)
 
 
 async def until_stalled(count, quiet_s: float = 1.0, timeout: float = 20.0) -> int:
