@@ -14,7 +14,7 @@ from collections.abc import Sequence
 # name -> (module under router_svc.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "classify": ("classify", "score prompts with the classifier; one JSON line per prompt"),
-    "train": ("train", "train the classifier on MMLU + HumanEval and export it to ONNX"),
+    "train": ("train", "train the classifier (docs/classifier.md lists its sources) and export it to ONNX"),
     "eval": ("evaluate", "evaluate the classifier and the MiniLM baseline; write docs/"),
     "generate": ("generate", "stream an answer from the router (or an expert) to the terminal"),
     "experts": ("experts", "list the router's experts and their health"),
