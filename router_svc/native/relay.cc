@@ -971,9 +971,9 @@ PyObject* PyRelay_channel(PyRelay* self, PyObject* args) {
   arguments.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
   arguments.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, reconnect_max_ms);
   // The router retries before the first frame itself (Python's failover decision). gRPC's own
-  // retry filter would sit on every call anyway (the client channel installs it unless this is
-  // 0; client_channel.cc, CreateDynamicCall's filter stack) and copy every batch of a streaming
-  // call until the call commits.
+  // retry filter would sit on every call anyway (client_channel.cc puts it at the end of each
+  // call's dynamic filter stack unless this is 0) and copy every batch of a streaming call until
+  // the call commits.
   arguments.SetInt(GRPC_ARG_ENABLE_RETRIES, 0);
   arguments.SetInt(GRPC_ARG_ENABLE_PER_MESSAGE_COMPRESSION, 0);  // as on the server (Relay::Start)
   std::shared_ptr<grpc::ChannelCredentials> credentials;
