@@ -380,6 +380,16 @@ def default_workers() -> int:
     return max(1, os.cpu_count() or 1)
 
 
+def relay_threads(cfg: RouterConfig) -> int:
+    """The native relay's threads: as configured, else this process's share of the cores.
+
+    Here rather than in router_svc.server so that the --workers supervisor, which passes each worker
+    its share, does not import the serving stack (onnxruntime, numpy, gRPC's C++ library): those
+    cost the supervisor about 50 MiB of memory it never uses (benchmarks/router_memory.py).
+    """
+    return cfg.relay_threads or max(1, default_workers() // max(cfg.workers, 1))
+
+
 def parse_expert_flag(value: str) -> UpstreamExpert:
     """Parses one ``--expert NAME=HOST:PORT[,HOST:PORT...]`` or ``--expert NAME=dns:///HOST:PORT`` value."""
     name, sep, addresses = value.partition("=")

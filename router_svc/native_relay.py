@@ -7,11 +7,18 @@ what nginx spends. The relay in ``router_svc/native/relay.cc`` moves frames on g
 ``GenericStub::PrepareCall``, one completion queue and one thread per relay thread, one small state
 machine per call. That API was measured at 43-60 µs/frame for a bare pass-through relay where the
 callback API (``CallbackGenericService``) took 63-79 µs/frame and fell behind nginx's tokens/s at
-300 users, so the completion-queue API it is. This relay, measured by `make bench`'s script on 2
-shared cores (docs/benchmarks.md; medians of three runs in docs/profiles/router.md): 30-50 µs of
-router CPU per relayed frame from 100 users on, against 100-132 µs for the Python relay and 15-21 µs
-for nginx, and about 47 µs/frame once per-request work is spread over 512 frames; 1.00x nginx's
-tokens/s at 300 users and 0.87x at 1,000.
+300 users, so the completion-queue API it is. Two of gRPC's filters are off on the relay's server
+and channels: retries (the router retries before the first frame itself; gRPC's retry filter only
+copied every batch of each upstream stream) and per-message compression (frames pass through as the
+expert's bytes); each cost less in every round of a side-by-side run at 300 users (retries off: 37.3
+against 39.2 µs/frame; then compression off too: 32.0 against 34.5). This relay, measured by
+`make bench`'s script on 2 cores shared with a training job (docs/benchmarks.md; medians of five
+runs in docs/profiles/router.md): 36-66 µs of router CPU per relayed frame from 100 users on,
+2.1-2.7x nginx's 17-22 µs and a third to a half of the Python relay's 115-139 µs; 0.93x nginx's
+tokens/s at 300 users and 0.92x at 1,000 (two runs of five fell to 0.63-0.68x there), where the
+Python relay kept 0.46-0.55x. ``benchmarks/syscalls_per_frame.py`` found fewer system calls per
+frame than nginx's (1.5 against 2.5): the rest of the gap is gRPC core's user-space work per
+completion-queue operation.
 
 How the two gRPC runtimes share the process: libgrpc++ 1.51 and
 grpcio 1.85 each carry their own gRPC core; loaded into one process, both serve (the extension is

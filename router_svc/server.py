@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, Counter
 from router_svc.admission import Admission, AdmissionLimits
 from router_svc.auth import TokenAuth, load_tokens
 from router_svc.batching import MicroBatcher
-from router_svc.config import RESTART_ONLY, ConfigError, RouterConfig, check_files, default_workers
+from router_svc.config import RESTART_ONLY, ConfigError, RouterConfig, check_files, relay_threads
 from router_svc.metrics import MetricsServer, RouterMetrics
 from router_svc.native_relay import NativeRelay, choose_relay
 from router_svc.servicer import SERVICE_NAME, ExpertChooser, RouterServicer, RouterState, ScoringClassifier
@@ -117,11 +117,6 @@ def native_tls(cfg: RouterConfig) -> tuple[bytes, bytes, bytes | None, bool] | N
         return read_pem(cfg.tls_cert, "TLS certificate"), read_pem(cfg.tls_key, "TLS private key"), ca, cfg.mutual_tls
     except ValueError as exc:  # a file missing, not PEM, or a key not matching its certificate
         raise ConfigError(str(exc)) from None
-
-
-def relay_threads(cfg: RouterConfig) -> int:
-    """The native relay's threads: as configured, else this process's share of the cores."""
-    return cfg.relay_threads or max(1, default_workers() // max(cfg.workers, 1))
 
 
 class RunningRouter:

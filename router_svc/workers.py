@@ -22,7 +22,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 
-from router_svc.config import RouterConfig, parse_address
+from router_svc.config import RouterConfig, parse_address, relay_threads
 from service_base.lifetime import child_env
 
 log = logging.getLogger("router_svc.workers")
@@ -62,8 +62,6 @@ class Supervisor:
 
     def _command(self, index: int) -> list[str]:
         # Each worker runs "--workers 1": it is told its share of the cores for its native relay's threads.
-        from router_svc.server import relay_threads
-
         http = ["--http-listen", self._http_listen] if self._http_listen else []
         return [sys.executable, "-m", "router_svc", *self._argv, "--listen", self._listen, *http, "--workers", "1",
                 "--relay-threads", str(relay_threads(self._cfg)), "--worker-index", str(index)]

@@ -241,6 +241,8 @@ class Relay {
     grpc::ChannelArguments forward_args;
     forward_args.SetMaxReceiveMessageSize(max_message_bytes);
     forward_args.SetMaxSendMessageSize(max_message_bytes);
+    forward_args.SetInt(GRPC_ARG_ENABLE_RETRIES, 0);  // as on the upstream channels (PyRelay_channel)
+    forward_args.SetInt(GRPC_ARG_ENABLE_PER_MESSAGE_COMPRESSION, 0);
     forward_ = grpc::CreateCustomChannel(forward_target, grpc::InsecureChannelCredentials(), forward_args);
     grpc::ServerBuilder builder;
     int port = 0;
@@ -251,6 +253,10 @@ class Relay {
     builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, reuse_port ? 1 : 0);
     builder.AddChannelArgument("grpc.http2.min_ping_interval_without_data_ms", 10000);
     builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+    // Frames pass through as the expert's bytes and the relay never compresses them, so the
+    // compression filter (a step of every batch, message_compress_filter.cc, enabled unless this
+    // is 0) has nothing to do. Decompression stays: a client may compress its request.
+    builder.AddChannelArgument(GRPC_ARG_ENABLE_PER_MESSAGE_COMPRESSION, 0);
     for (int i = 0; i < threads; ++i) {
       queues_.push_back(builder.AddCompletionQueue());
       held_.push_back(std::make_unique<HeldBytes>());
@@ -964,6 +970,12 @@ PyObject* PyRelay_channel(PyRelay* self, PyObject* args) {
   arguments.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
   arguments.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
   arguments.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, reconnect_max_ms);
+  // The router retries before the first frame itself (Python's failover decision). gRPC's own
+  // retry filter would sit on every call anyway (client_channel.cc puts it at the end of each
+  // call's dynamic filter stack unless this is 0) and copy every batch of a streaming call until
+  // the call commits.
+  arguments.SetInt(GRPC_ARG_ENABLE_RETRIES, 0);
+  arguments.SetInt(GRPC_ARG_ENABLE_PER_MESSAGE_COMPRESSION, 0);  // as on the server (Relay::Start)
   std::shared_ptr<grpc::ChannelCredentials> credentials;
   if (tls) {
     grpc::SslCredentialsOptions options;

@@ -67,6 +67,23 @@ async def test_every_frame_is_relayed_byte_for_byte(start_router, start_expert, 
     assert pb.GenerateResponse.FromString(routed[-1]).usage.completion_tokens == 40
 
 
+async def test_a_compressed_request_is_served_and_frames_stay_byte_exact(start_router, start_expert) -> None:
+    # The native relay turns gRPC's per-message compression filter off (it never compresses what it
+    # sends) but must keep decompressing what clients send: a gzip request is parsed and routed.
+    expert = await start_expert("general")
+    router = await start_router({"general": [expert.address]})
+    request = pb.GenerateRequest(request_id="gzip-1", prompt="Tell me something." * 20,
+                                 sampling=pb.SamplingParams(max_tokens=12, seed=3)).SerializeToString()
+    async with grpc.aio.insecure_channel(expert.address) as direct_channel, \
+            grpc.aio.insecure_channel(router.address, compression=grpc.Compression.Gzip) as routed_channel:
+        direct = [frame async for frame in direct_channel.unary_stream(EXPERT_GENERATE)(request)]
+        call = routed_channel.unary_stream(ROUTER_GENERATE)(request, compression=grpc.Compression.Gzip)
+        routed = [frame async for frame in call]
+        assert await call.code() == grpc.StatusCode.OK
+    assert routed == direct
+    assert pb.GenerateResponse.FromString(routed[-1]).usage.completion_tokens == 12
+
+
 async def test_messages_are_classified_by_user_turns(start_router, three_experts, channels) -> None:
     router = await start_router({name: [e.address] for name, e in three_experts.items()})
     request = pb.GenerateRequest(messages=[
