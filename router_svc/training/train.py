@@ -51,7 +51,9 @@ class TrainSettings:
     validation_seed: int = VALIDATION_SEED
     max_iter: int = 200
     tol: float = 1e-4
-    #: training sources besides MMLU + HumanEval (data.EXTRA_SOURCES)
+    #: training sources besides MMLU + HumanEval (data.EXTRA_SOURCES). "wordnet" (dictionary
+    #: definitions by topic domain) is available but left out: it lowered MMLU validation accuracy
+    #: by 0.3-1 point (docs/classifier.md).
     extra_sources: tuple[str, ...] = ("chitchat", "perlfaq", "templates")
     #: word featurizer of the semantic part; None trains the n-gram model alone
     word_featurizer: FeaturizerConfig | None = semantic.DEFAULT_WORD_FEATURIZER
