@@ -228,7 +228,7 @@ DESIGN_NOTES = [
 def render_report(*, metadata: dict[str, Any], held_out: Sequence[Any], external: Sequence[Any],
                   external_counts: dict[str, Any], overlap: int, ours_timing: Timing, baseline: Any | None,
                   split: dict[str, Any], cpu_note: str, artifact_bytes: int,
-                  baseline_error: str | None = None) -> str:
+                  baseline_error: str | None = None, cascade_lines: Sequence[str] | None = None) -> str:
     """The Markdown of docs/classifier.md (``held_out``/``external``: ``Scored`` rows, ours first)."""
     training = metadata.get("training", {})
     semantic = metadata.get("semantic")
@@ -321,7 +321,12 @@ def render_report(*, metadata: dict[str, Any], held_out: Sequence[Any], external
                      f"{baseline.throughput_per_s:,.0f} prompts/s at batch 64.")
     else:
         lines.append(f"MiniLM baseline not run: {baseline_error or 'skipped'}.")
-    lines += ["", *DESIGN_NOTES]
+    lines += [""]
+    if cascade_lines:
+        lines += list(cascade_lines)
+    else:
+        lines += ["### Cascade", "", "Not measured in this run (it needs the MiniLM baseline; `--skip-cascade`).", ""]
+    lines += DESIGN_NOTES
     lines += ["", ("The fixed-prompt benchmark, old model beside new, is in "
                    "[classifier-benchmark.md](classifier-benchmark.md)."), ""]
     return "\n".join(lines)
