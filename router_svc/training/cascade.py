@@ -128,7 +128,8 @@ def render_cascade(choice: CascadeChoice, results: Sequence[CascadeResult], *, s
          "its answer either replaces ours or is averaged with it. Combination and threshold were chosen "
          "on the validation split (both models fitted without it; ours with the artifact's own "
          f"hyperparameters and temperature): the best validation accuracy among settings cascading at "
-         f"most {MAX_CASCADED_FRACTION:.0%} of the prompts (`router_svc/training/cascade.py`)."),
+         f"most {MAX_CASCADED_FRACTION:.0%} of the prompts (`router_svc/training/cascade.py`), then "
+         "applied unchanged to the packaged models' scores on the two test sets."),
         "",
         (f"Chosen: **{choice.combination}** below **{choice.threshold:.2f}**: validation accuracy "
          f"{choice.validation_accuracy_fast:.4f} → {choice.validation_accuracy:.4f}, "
