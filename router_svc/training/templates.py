@@ -289,6 +289,46 @@ _MATH_FORMS = (
     "Prove that the sum of two even numbers is even.",
     "what is the GCD of {n} and {c}", "Find the median of {a}, {c}, {b}, {t}, {n}.",
     "If a shirt costs ${n} after a {p}% discount, what was the original price?",
+    # Everyday word problems: rates, meeting times, work, mixtures, ages, interest, percentages,
+    # unit conversion and chance, in the words people use rather than exam notation.
+    ("A cyclist sets off at {hour} am riding at {v1} km/h. A friend follows on the same road an hour "
+     "later at {v2} km/h. At what time does the friend reach the cyclist?"),
+    ("Two towns are {dist} km apart. A bus starts from each town at the same time, one at {v1} km/h and "
+     "the other at {v2} km/h. How long until they meet?"),
+    "I drove {dist} km at {v1} km/h and came back at {v2} km/h. What was my average speed for the round trip?",
+    "How long does it take to walk {a} km at {b} km an hour?",
+    ("A boat goes {dist} km downstream in {t} hours and returns in {t2} hours. "
+     "What is the speed of the current?"),
+    "A plane flies {dist} miles in {t} hours against the wind. How fast is it going?",
+    ("{name} can paint a fence in {a} hours and her brother takes {b} hours. "
+     "If they paint it together, how long will it take?"),
+    "If {k} workers build a wall in {t} days, how many days would {k2} workers need?",
+    ("How many liters of a {p}% salt solution must be mixed with {a} liters of a {p2}% solution "
+     "to get a {p3}% solution?"),
+    "Coffee at ${a} a pound is blended with coffee at ${b} a pound to make {c} pounds at ${mid} a pound. How much of each?",
+    "A father is {age1} and his son is {age2}. In how many years will the father be twice as old as his son?",
+    "In {t} years {name} will be three times as old as she was {t} years ago. How old is she?",
+    "If I put ${n} in a savings account at {p}% simple interest, how much interest do I earn in {t} years?",
+    "How long will it take for money to double at {p}% annual interest?",
+    "My loan is ${n} at {p}% a year compounded monthly. How much do I owe after {t} years?",
+    "A price went up from ${a} to ${c}. By what percent did it increase?",
+    "A town of {n} people grows by {p}% each year. What will the population be in {t} years?",
+    "I scored {c} out of {per} on a test. What percentage is that?",
+    "After a {p}% raise I earn ${n} a month. What did I earn before?",
+    "How many centimeters are in {a} feet {b} inches?",
+    "Convert {c} degrees Fahrenheit to Celsius.",
+    "How many seconds are there in {t} days?",
+    "If a car uses {a} liters of fuel per 100 km, how far can it go on {c} liters?",
+    "What is the probability of drawing two aces in a row from a deck of 52 cards without replacement?",
+    "If I roll three dice, what is the chance that all of them show the same number?",
+    "What is the probability of getting at least one six in {k} rolls of a die?",
+    "A bag has {a} red and {b} blue marbles. If I take two without looking, what is the chance both are red?",
+    "If I flip a coin {k} times, what is the probability of exactly {k3} heads?",
+    ("A tank holds {n} liters and leaks {a} liters an hour while a tap adds {c} liters an hour. "
+     "How long until it is full, starting empty?"),
+    "A clock shows {hour}:{minute}. What is the angle between the hour and minute hands?",
+    "Tickets cost ${a} for adults and ${b} for children. {k} tickets cost ${total2}. How many were for children?",
+    "I read {c} pages a day. How many days will a {n}-page book take me?",
 )
 _FUNCTIONS = ("x^2", "sin(x)", "e^(2x)", "ln(x)", "x^4 - 3x", "1/x", "cos(3x)", "x e^x", "sqrt(x)",
               "5x^2 + 2x", "tan(x)", "x^5", "3^x")
@@ -372,10 +412,17 @@ def generate(per_expert: int = PER_EXPERT, *, seed: int = TEMPLATES_SEED,
 
     def numbers() -> dict[str, object]:
         a, b, c = rng.randint(2, 12), rng.randint(2, 12), rng.randint(13, 60)
+        p, p2 = rng.choice((5, 10, 15, 20, 25, 40)), rng.choice((50, 60, 70))
         return {"a": a, "b": b, "c": c, "b2": b * b, "s": a + b, "prod": a * b, "sq": rng.randint(2, 30) ** 2,
-                "n": rng.choice((48, 120, 250, 360, 500, 1200, 2500, 84, 97, 91)), "p": rng.choice((5, 10, 15, 20, 25, 40)),
+                "n": rng.choice((48, 120, 250, 360, 500, 1200, 2500, 84, 97, 91)), "p": p,
                 "t": rng.randint(2, 9), "k": rng.randint(3, 8), "total": a * 3 + b * 2, "dice": rng.randint(2, 12),
-                "per": 2 * (a + b), "pow2": 2 ** rng.randint(3, 12), "f": pick(_FUNCTIONS), "name": pick(_NAMES)}
+                "per": 2 * (a + b), "pow2": 2 ** rng.randint(3, 12), "f": pick(_FUNCTIONS), "name": pick(_NAMES),
+                "hour": rng.randint(6, 11), "minute": rng.choice(("05", "15", "20", "30", "40", "45")),
+                "v1": rng.choice((12, 15, 18, 40, 50, 65, 70)), "v2": rng.choice((20, 24, 30, 75, 90, 100)),
+                "dist": rng.choice((60, 120, 180, 240, 300, 450, 600)), "t2": rng.randint(10, 14),
+                "k2": rng.randint(9, 15), "k3": rng.randint(1, 2), "p2": p2, "p3": (p + p2) // 2,
+                "mid": f"{(a + b) / 2:.2f}", "age1": rng.randint(30, 50),
+                "age2": rng.randint(4, 14), "total2": a * 2 + b * 3}
 
     def fill(expert: str) -> str:
         if expert == "medicine":

@@ -51,7 +51,9 @@ class TrainSettings:
     validation_seed: int = VALIDATION_SEED
     max_iter: int = 200
     tol: float = 1e-4
-    #: training sources besides MMLU + HumanEval (data.EXTRA_SOURCES)
+    #: training sources besides MMLU + HumanEval (data.EXTRA_SOURCES). "wordnet" (dictionary
+    #: definitions by topic domain) is available but left out: it lowered MMLU validation accuracy
+    #: by 0.3-1 point (docs/classifier.md).
     extra_sources: tuple[str, ...] = ("chitchat", "perlfaq", "templates")
     #: word featurizer of the semantic part; None trains the n-gram model alone
     word_featurizer: FeaturizerConfig | None = semantic.DEFAULT_WORD_FEATURIZER
@@ -510,3 +512,53 @@ def check_export(onnx_bytes: bytes, model: TrainedModel, prompts: Sequence[str] 
     if got.shape != want.shape or difference > atol:
         raise RuntimeError(f"onnxruntime output differs from the linear model by {difference:g} (> {atol})")
     return difference
+
+
+def settings_from_metadata(metadata: dict[str, Any]) -> TrainSettings:
+    """The TrainSettings an artifact's metadata.json records (featurizers, dtype, solver settings)."""
+    training = metadata.get("training", {})
+    word = metadata.get("word_featurizer")
+    return TrainSettings(
+        featurizer=FeaturizerConfig.from_dict(metadata["featurizer"]),
+        text_format=training.get("text_format", "question"),
+        table_dtype=training.get("table_dtype", "float16"),
+        seed=training.get("seed", 0), max_iter=training.get("max_iter", 200), tol=training.get("tol", 1e-4),
+        validation_fraction=training.get("validation_fraction", VALIDATION_FRACTION),
+        validation_seed=training.get("validation_seed", VALIDATION_SEED),
+        extra_sources=tuple(metadata.get("extra_training_sources", ())),
+        word_featurizer=FeaturizerConfig.from_dict(word) if word else None,
+        pca_dims=training.get("pca_dims", semantic.DEFAULT_PCA_DIMS))
+
+
+def validation_probabilities(examples: Sequence[Example], metadata: dict[str, Any],
+                             labels: tuple[str, ...] = EXPERTS, log=print) -> tuple[list[Example], np.ndarray]:
+    """(validation examples, probabilities) of the artifact's model refitted without its validation split.
+
+    The packaged model was refitted on all training data, so its scores on the validation split are
+    in-sample and too confident. This fits the same model (the hyperparameters, mix and temperature
+    metadata.json records) on the fit part only, as ``train_model`` did when it chose them, and
+    scores the validation split: out-of-sample confidences on which a threshold can be chosen.
+    """
+    settings = settings_from_metadata(metadata)
+    training, semantic_info = metadata.get("training", {}), metadata.get("semantic")
+    fit_part, validation = stratified_split(examples, test_fraction=settings.validation_fraction,
+                                            seed=settings.validation_seed)
+    featurizer, buckets = settings.featurizer.build(), settings.featurizer.num_buckets
+    fit_texts, fit_labels = _training_texts(fit_part, settings)
+    val_texts = [e.prompt(settings.text_format) for e in validation]
+    started = time.perf_counter()
+    fitter = _Fitter(feature_matrix(featurizer, fit_texts, buckets), fit_labels, labels)
+    _, table, bias = fitter.fit(training.get("chosen_C", 10.0), training.get("chosen_class_weight"), settings)
+    logits = feature_matrix(featurizer, val_texts, buckets) @ _stored(table, settings.table_dtype).astype(
+        np.float64) + bias
+    log(f"  validation refit, n-grams ({time.perf_counter() - started:.1f}s)")
+    if semantic_info and settings.word_featurizer is not None:
+        all_texts, _ = _training_texts(examples, settings)
+        words = _Semantic(settings, all_texts, log)
+        fit_y = np.array([labels.index(label) for label in fit_labels])
+        _, weights, dense_bias = _dense_fit(words.dense(fit_texts), fit_y, semantic_info["C"], len(labels), settings)
+        logits = logits + semantic_info["mix"] * (words.dense(val_texts) @ weights + dense_bias)
+    logits = logits / metadata.get("temperature", 1.0)
+    logits -= logits.max(axis=1, keepdims=True)
+    probabilities = np.exp(logits)
+    return validation, probabilities / probabilities.sum(axis=1, keepdims=True)

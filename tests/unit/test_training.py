@@ -321,6 +321,38 @@ def test_semantic_model_exports_and_generalises_to_unseen_words(tmp_path: Path, 
     assert routed == list(UNSEEN_SYNONYMS)
 
 
+def test_validation_refit_reproduces_the_chosen_validation_score(tmp_path: Path, monkeypatch) -> None:
+    """The cascade's threshold is chosen on out-of-sample validation scores: refitting the artifact's
+    model without the validation split must give the validation accuracy training recorded."""
+    from router_svc.training import semantic
+    from router_svc.training.train import validation_probabilities
+
+    monkeypatch.setattr(semantic, "distil_static_model", lambda pca_dims: FakeStaticModel())
+    settings = replace(SMALL, table_dtype="float32", extra_sources=(), C_grid=(1.0,),
+                       word_featurizer=FeaturizerConfig(num_buckets=1 << 10, char_ngram_min=1,
+                                                        char_ngram_max=0, word_bigrams=False),
+                       semantic_C_grid=(1.0,), mix_grid=(1.0,), held_out_sources=("perlfaq",))
+    # Few examples, every fifth mislabelled, so validation accuracy is not trivially 1 and the
+    # semantic head changes it (n-grams alone score 0.69 here, both heads 0.88).
+    train, _ = stratified_split(_synthetic(12, seed=8) + _fold_source(4), seed=0)
+    for i, example in enumerate(train[::5]):
+        train[train.index(example)] = replace(example, label=EXPERTS[i % len(EXPERTS)])
+    model = train_model(train, settings, log=lambda *_: None)
+    metadata = write_artifact(model, tmp_path, settings=settings, data_digests={})
+    validation, probabilities = validation_probabilities(train, metadata, log=lambda *_: None)
+    _, expected_validation = stratified_split(train, test_fraction=settings.validation_fraction,
+                                              seed=settings.validation_seed)
+    assert validation == expected_validation
+    assert probabilities.shape == (len(validation), 6)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0)
+    accuracy = float((probabilities.argmax(axis=1) == [EXPERTS.index(e.label) for e in validation]).mean())
+    assert model.mix == 1.0
+    chosen = [r for r in model.validation if r["head"] == "both" and r["mix"] == model.mix]
+    ngrams_alone = next(r for r in model.validation if r["head"] == "ngram")["accuracy"]
+    assert 0.0 < accuracy < 1.0 and accuracy != pytest.approx(ngrams_alone)
+    assert accuracy == pytest.approx(chosen[0]["accuracy"])
+
+
 def test_word_table_rows_must_match_the_word_featurizer(tmp_path: Path, monkeypatch) -> None:
     from router_svc.training import semantic
 
