@@ -197,8 +197,13 @@ async def test_workers_share_one_port_and_exit_0_on_sigterm(start_expert, tmp_pa
             completion = await client.completions.create(model="auto", prompt="hello", max_tokens=2)
             assert completion.usage.completion_tokens == 2
             await client.close()
-        http_requests = [json.loads(line) for line in log_path.read_text().splitlines()
-                         if line.startswith("{") and '"door":"http"' in line]
+        def http_request_lines() -> list[dict]:
+            return [json.loads(line) for line in log_path.read_text().splitlines()
+                    if line.startswith("{") and '"door":"http"' in line]
+
+        # Log lines are written by each worker's log thread, so the last may land just after the reply.
+        await eventually(lambda: len(http_request_lines()) >= 16)
+        http_requests = http_request_lines()
         assert len(http_requests) == 16 and len({r["pid"] for r in http_requests}) == 2
 
         def scrape() -> float:
@@ -208,7 +213,10 @@ async def test_workers_share_one_port_and_exit_0_on_sigterm(start_expert, tmp_pa
                        for sample in family.samples
                        if sample.name == "router_requests_total" and sample.labels.get("code") == "OK")
 
-        assert await asyncio.to_thread(scrape) == 32  # the parent adds up both workers, both doors
+        async def all_counted() -> bool:  # the parent adds up both workers, both doors
+            return await asyncio.to_thread(scrape) == 32
+
+        assert await eventually(all_counted, what="32 OK requests in the parent's metrics")
 
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 30) == 0
