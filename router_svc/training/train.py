@@ -558,7 +558,6 @@ def validation_probabilities(examples: Sequence[Example], metadata: dict[str, An
         fit_y = np.array([labels.index(label) for label in fit_labels])
         _, weights, dense_bias = _dense_fit(words.dense(fit_texts), fit_y, semantic_info["C"], len(labels), settings)
         logits = logits + semantic_info["mix"] * (words.dense(val_texts) @ weights + dense_bias)
-    logits = logits / metadata.get("temperature", 1.0)
-    logits -= logits.max(axis=1, keepdims=True)
-    probabilities = np.exp(logits)
-    return validation, probabilities / probabilities.sum(axis=1, keepdims=True)
+    from scipy.special import softmax  # scipy comes with scikit-learn in the train extra
+
+    return validation, softmax(logits / metadata.get("temperature", 1.0), axis=1)
