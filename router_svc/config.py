@@ -385,7 +385,7 @@ def relay_threads(cfg: RouterConfig) -> int:
 
     Here rather than in router_svc.server so that the --workers supervisor, which passes each worker
     its share, does not import the serving stack (onnxruntime, numpy, gRPC's C++ library): those
-    cost the supervisor about 50 MiB of memory it never uses (benchmarks/router_memory.py).
+    cost the supervisor about 30 MiB of memory it never uses (idle router, benchmarks/router_memory.py).
     """
     return cfg.relay_threads or max(1, default_workers() // max(cfg.workers, 1))
 

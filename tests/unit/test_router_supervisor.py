@@ -2,7 +2,7 @@
 
 The supervisor only starts, watches and signals worker processes (and serves their merged metrics);
 importing the serving stack there (onnxruntime, numpy, gRPC's C++ library through router_svc.server)
-cost its process about 50 MiB of resident memory, counted in the router's total (docs/profiles/router.md).
+cost its process about 30 MiB of resident memory, counted in the router's total (docs/profiles/router.md).
 """
 from __future__ import annotations
 
