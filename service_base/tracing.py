@@ -34,6 +34,12 @@ Attributes = Mapping[str, Any]
 Event = tuple[float, str, Attributes]
 
 
+def _ns(seconds: float) -> int:
+    """perf_counter seconds as nanoseconds, rounded: truncating lost a nanosecond whenever the float
+    product fell just below the integer, so a 1 ms gap read 999,999 or 1,000,001 ns."""
+    return round(seconds * 1e9)
+
+
 class Tracing:
     """One service's tracer: spans from perf_counter timestamps, and W3C propagation."""
 
@@ -71,7 +77,7 @@ class Tracing:
         context in ``carrier`` (metadata or header pairs) when there is one."""
         parent = self.extract(carrier)
         return self._tracer.start_span(name, context=parent, kind=self._server, attributes=attributes,
-                                       start_time=int(start * 1e9) + self.clock())
+                                       start_time=_ns(start) + self.clock())
 
     def extract(self, carrier: Iterable[tuple[str, Any]]) -> Any:
         """The trace context in W3C ``traceparent``/``tracestate`` pairs (None when absent)."""
@@ -92,7 +98,7 @@ class Tracing:
         """Records a finished span from perf_counter times (``offset`` from ``clock()``)."""
         context = self._in_context(parent) if parent is not None else None
         span = self._tracer.start_span(name, context=context, kind=self._server if server else self._internal,
-                                       attributes=attributes, start_time=int(start * 1e9) + offset)
+                                       attributes=attributes, start_time=_ns(start) + offset)
         self.finish(span, end, offset, events=events, error=error)
         return span
 
@@ -102,10 +108,10 @@ class Tracing:
         if attributes:
             span.set_attributes(attributes)
         for at, event, event_attributes in events:
-            span.add_event(event, event_attributes, timestamp=int(at * 1e9) + offset)
+            span.add_event(event, event_attributes, timestamp=_ns(at) + offset)
         if error is not None:
             span.set_status(self._status(self._error, error))
-        span.end(end_time=int(end * 1e9) + offset)
+        span.end(end_time=_ns(end) + offset)
 
     def shutdown(self) -> None:
         """Exports what is still buffered and stops the exporter (blocking: call it off the event loop)."""
