@@ -196,12 +196,16 @@ def request_limits(draw) -> RequestLimits:
 
 @st.composite
 def request_bytes(draw) -> bytes:
-    """Arbitrary bytes, or a valid request's bytes with a few flipped, cut or inserted."""
+    """Arbitrary bytes, or a valid request's bytes with none to a few flipped, cut or inserted.
+
+    Half the valid requests go unmutated: with at least one mutation, only 0-5 of 150
+    inputs parsed and validated, too few to be sure that a run reaches the accepting side.
+    """
     if draw(st.booleans()):
         return draw(st.binary(max_size=2048))
     data = bytearray(draw(generate_requests()).SerializeToString())
     rng = random.Random(draw(st.integers(0, 2**32 - 1)))
-    for _ in range(draw(st.integers(1, 8))):
+    for _ in range(draw(st.one_of(st.just(0), st.integers(1, 8)))):
         op = rng.randrange(3)
         if op == 0 and data:
             data[rng.randrange(len(data))] = rng.randrange(256)
