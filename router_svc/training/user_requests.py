@@ -205,11 +205,11 @@ _CODE_ERRORS: dict[str, tuple[str, ...]] = {
                    "Uncaught ReferenceError: $ is not defined", "Unexpected token '<' in JSON at position 0",
                    "Uncaught (in promise) TypeError: Failed to fetch"),
     "TypeScript": ("Type 'string | undefined' is not assignable to type 'string'.",
-                   "Property 'name' does not exist on type '{}'.", "Cannot find module './utils' or its "
-                   "corresponding type declarations."),
+                   "Property 'name' does not exist on type '{}'.", ("Cannot find module './utils' or its "
+                   "corresponding type declarations.")),
     "SQL": ('ERROR: column "orders.total" must appear in the GROUP BY clause or be used in an aggregate function',
-            "ORA-00942: table or view does not exist", "Error 1452: Cannot add or update a child row: "
-            "a foreign key constraint fails"),
+            "ORA-00942: table or view does not exist", ("Error 1452: Cannot add or update a child row: "
+            "a foreign key constraint fails")),
     "bash": ("bad substitution", "syntax error near unexpected token `done'", "command not found",
              "[: too many arguments"),
     "C": ("Segmentation fault (core dumped)", "free(): double free detected in tcache 2",
@@ -221,8 +221,8 @@ _CODE_ERRORS: dict[str, tuple[str, ...]] = {
              "error: incompatible types: possible lossy conversion from double to int"),
     "Go": ("panic: runtime error: invalid memory address or nil pointer dereference",
            "fatal error: all goroutines are asleep - deadlock!", "imported and not used: \"os\""),
-    "Rust": ("error[E0382]: borrow of moved value: `v`", "error[E0502]: cannot borrow `x` as mutable because "
-             "it is also borrowed as immutable", "thread 'main' panicked at 'called `Option::unwrap()` on a `None` value'"),
+    "Rust": ("error[E0382]: borrow of moved value: `v`", ("error[E0502]: cannot borrow `x` as mutable because "
+             "it is also borrowed as immutable"), "thread 'main' panicked at 'called `Option::unwrap()` on a `None` value'"),
     "React": ("Too many re-renders. React limits the number of renders to prevent an infinite loop.",
               "Each child in a list should have a unique \"key\" prop.",
               "Invalid hook call. Hooks can only be called inside of the body of a function component."),
@@ -244,10 +244,10 @@ _WRITTEN_SNIPPETS: dict[str, tuple[str, ...]] = {
     "SQL": ("SELECT customer_id, COUNT(*) FROM orders\nWHERE created_at > '2024-01-01'\nGROUP BY 1\nHAVING COUNT(*) > 3;",
             "SELECT u.name, o.total\nFROM users u LEFT JOIN orders o ON o.user_id = u.id\nWHERE o.total > 100;",
             "UPDATE products SET price = price * 1.1 WHERE category = 'books'",
-            "SELECT name FROM employees e1 WHERE salary > (SELECT AVG(salary) FROM employees e2\n"
-            "WHERE e2.dept_id = e1.dept_id);",
-            "CREATE TABLE invoices (\n  id SERIAL PRIMARY KEY,\n  customer_id INT REFERENCES customers(id),\n"
-            "  amount NUMERIC(10,2) NOT NULL\n);"),
+            ("SELECT name FROM employees e1 WHERE salary > (SELECT AVG(salary) FROM employees e2\n"
+            "WHERE e2.dept_id = e1.dept_id);"),
+            ("CREATE TABLE invoices (\n  id SERIAL PRIMARY KEY,\n  customer_id INT REFERENCES customers(id),\n"
+            "  amount NUMERIC(10,2) NOT NULL\n);")),
     "Excel": ("=VLOOKUP(A2,Prices!A:C,3,FALSE)", "=IFERROR(INDEX(B:B,MATCH(E2,A:A,0)),\"missing\")",
               "=SUMIFS(C:C,A:A,\">=\"&F1,A:A,\"<=\"&F2)", "=COUNTIF($A$2:$A$500,A2)>1",
               "=LEFT(A2,FIND(\" \",A2)-1)"),
@@ -256,25 +256,25 @@ _WRITTEN_SNIPPETS: dict[str, tuple[str, ...]] = {
                       "=UNIQUE(FILTER(A2:A,C2:C=TRUE))"),
     "git": ("git reset --soft HEAD~1", "git rebase -i HEAD~4", "git cherry-pick a1b2c3d",
             "git push --force-with-lease origin feature", "git stash pop\nerror: Your local changes would be overwritten"),
-    "Dockerfile": ("FROM python:3.12-slim\nWORKDIR /app\nCOPY requirements.txt .\nRUN pip install -r requirements.txt\n"
-                   "COPY . .\nCMD [\"gunicorn\", \"app:app\"]",
-                   "FROM node:20 AS build\nWORKDIR /src\nCOPY . .\nRUN npm ci && npm run build\n"
-                   "FROM nginx:alpine\nCOPY --from=build /src/dist /usr/share/nginx/html"),
+    "Dockerfile": (("FROM python:3.12-slim\nWORKDIR /app\nCOPY requirements.txt .\nRUN pip install -r requirements.txt\n"
+                   "COPY . .\nCMD [\"gunicorn\", \"app:app\"]"),
+                   ("FROM node:20 AS build\nWORKDIR /src\nCOPY . .\nRUN npm ci && npm run build\n"
+                   "FROM nginx:alpine\nCOPY --from=build /src/dist /usr/share/nginx/html")),
     "regex": (r"^(\d{3})-(\d{3})-(\d{4})$", r"(?<=@)[\w.-]+", r"^(?=.*[A-Z])(?=.*\d).{8,}$", r"<[^>]+>"),
     "Python": ("df = pd.read_csv('sales.csv')\ndf['month'] = df['date'].dt.month\nprint(df.groupby('month').sum())",
                "for i in range(len(items)):\n    if items[i] == target:\n        items.remove(items[i])",
                "with open(path) as f:\n    data = json.load(f)\nreturn data['results'][0]['id']",
                "def fib(n):\n    return fib(n - 1) + fib(n - 2)"),
-    "Java": ("public int sum(List<Integer> xs) {\n    int total = 0;\n    for (int i = 0; i <= xs.size(); i++) {\n"
-             "        total += xs.get(i);\n    }\n    return total;\n}",
-             "Map<String, Integer> counts = new HashMap<>();\nfor (String w : words) {\n"
-             "    counts.put(w, counts.get(w) + 1);\n}"),
+    "Java": (("public int sum(List<Integer> xs) {\n    int total = 0;\n    for (int i = 0; i <= xs.size(); i++) {\n"
+             "        total += xs.get(i);\n    }\n    return total;\n}"),
+             ("Map<String, Integer> counts = new HashMap<>();\nfor (String w : words) {\n"
+             "    counts.put(w, counts.get(w) + 1);\n}")),
     "HTML": ("<div class=\"card\">\n  <img src=\"cat.png\">\n  <p class=\"title\">Hello</p>\n</div>",
              "<form action=\"/login\" method=\"post\">\n  <input name=\"user\">\n  <button>Sign in</button>\n</form>"),
     "CSS": (".container {\n  display: flex;\n  justify-content: center;\n  align-items: center;\n}",
             ".grid {\n  display: grid;\n  grid-template-columns: repeat(3, 1fr);\n  gap: 1rem;\n}"),
-    "YAML": ("on: [push]\njobs:\n  test:\n    runs-on: ubuntu-latest\n    steps:\n      - uses: actions/checkout@v4\n"
-             "      - run: npm test",),
+    "YAML": (("on: [push]\njobs:\n  test:\n    runs-on: ubuntu-latest\n    steps:\n      - uses: actions/checkout@v4\n"
+             "      - run: npm test"),),
 }
 _CONVERT_TARGETS = ("Python", "JavaScript", "TypeScript", "Go", "Rust", "Java", "C#", "C++", "Kotlin", "bash",
                     "PowerShell", "SQL", "pandas")
@@ -364,28 +364,28 @@ _GRIEVANCES = ("never delivered the furniture I paid for", "owes me three months
                "kept my final wages", "sold me a laptop that was not as described",
                "is using my company's name", "broke our exclusivity agreement")
 _WRITTEN_CLAUSES = (
-    "The Contractor shall indemnify and hold harmless the Client from any and all claims arising out of the "
-    "Contractor's performance of the Services, including reasonable attorneys' fees.",
-    "In no event shall either party be liable for any indirect, incidental or consequential damages, and each "
-    "party's total liability shall not exceed the fees paid in the twelve months preceding the claim.",
-    "This Agreement shall be governed by the laws of the State of New York, and the parties submit to the "
-    "exclusive jurisdiction of its courts.",
-    "Any dispute arising under this Agreement shall be resolved by binding arbitration, and the parties waive "
-    "any right to a jury trial or to participate in a class action.",
-    "For a period of two years after termination, the Employee shall not solicit any customer or employee of "
-    "the Company.",
-    "Neither party shall be liable for failure to perform caused by events beyond its reasonable control, "
-    "including fire, flood, pandemic, war or acts of government.",
-    "This Agreement renews automatically for successive one-year terms unless either party gives written notice "
-    "of non-renewal at least sixty days before the end of the current term.",
-    "The Receiving Party shall hold the Confidential Information in strict confidence and use it solely to "
-    "evaluate the proposed transaction.",
-    "All work product created by the Consultant under this Agreement shall be deemed work made for hire and is "
-    "hereby assigned to the Company.",
-    "If any provision of this Agreement is held invalid or unenforceable, the remaining provisions shall remain "
-    "in full force and effect.",
-    "The Tenant may terminate this lease early upon sixty days' written notice and payment of two months' rent "
-    "as liquidated damages.",
+    ("The Contractor shall indemnify and hold harmless the Client from any and all claims arising out of the "
+    "Contractor's performance of the Services, including reasonable attorneys' fees."),
+    ("In no event shall either party be liable for any indirect, incidental or consequential damages, and each "
+    "party's total liability shall not exceed the fees paid in the twelve months preceding the claim."),
+    ("This Agreement shall be governed by the laws of the State of New York, and the parties submit to the "
+    "exclusive jurisdiction of its courts."),
+    ("Any dispute arising under this Agreement shall be resolved by binding arbitration, and the parties waive "
+    "any right to a jury trial or to participate in a class action."),
+    ("For a period of two years after termination, the Employee shall not solicit any customer or employee of "
+    "the Company."),
+    ("Neither party shall be liable for failure to perform caused by events beyond its reasonable control, "
+    "including fire, flood, pandemic, war or acts of government."),
+    ("This Agreement renews automatically for successive one-year terms unless either party gives written notice "
+    "of non-renewal at least sixty days before the end of the current term."),
+    ("The Receiving Party shall hold the Confidential Information in strict confidence and use it solely to "
+    "evaluate the proposed transaction."),
+    ("All work product created by the Consultant under this Agreement shall be deemed work made for hire and is "
+    "hereby assigned to the Company."),
+    ("If any provision of this Agreement is held invalid or unenforceable, the remaining provisions shall remain "
+    "in full force and effect."),
+    ("The Tenant may terminate this lease early upon sixty days' written notice and payment of two months' rent "
+    "as liquidated damages."),
     "I give, devise and bequeath all the residue of my estate to my children in equal shares, per stirpes.",
 )
 _PLAIN_LAW_FORMS = (
@@ -555,9 +555,11 @@ def generate_law(licence_texts: Sequence[str], count: int = LAW_TEXTS, *,
     clauses = [p for text in licence_texts for p in licence_paragraphs(text)] + list(_WRITTEN_CLAUSES)
     n_general = round(count * GENERAL_SHARE)
     n_clause = round((count - n_general) * LAW_CLAUSE_SHARE)
-    fields = lambda: dict(document=pick(_DOCUMENTS), context=pick(_CONTEXTS), clause=pick(_CLAUSES),  # noqa: E731
-                          jurisdiction=pick(_JURISDICTIONS), statute=pick(_STATUTES), entity=pick(_ENTITIES),
-                          issue=pick(_ISSUES), side=pick(_SIDES), grievance=pick(_GRIEVANCES))
+
+    def fields() -> dict[str, str]:
+        return {"document": pick(_DOCUMENTS), "context": pick(_CONTEXTS), "clause": pick(_CLAUSES),
+                "jurisdiction": pick(_JURISDICTIONS), "statute": pick(_STATUTES), "entity": pick(_ENTITIES),
+                "issue": pick(_ISSUES), "side": pick(_SIDES), "grievance": pick(_GRIEVANCES)}
 
     def clause_request() -> str:
         return pick(_CLAUSE_FORMS).format(**{**fields(), "clause": pick(clauses)})
