@@ -133,3 +133,28 @@ def test_new_sources_leave_the_existing_split_as_it_was() -> None:
     _, test_before = data.stratified_split(old)
     _, test_after = data.stratified_split(old + new)
     assert test_before == [e for e in test_after if e.subject not in user_requests.SUBJECTS]
+
+
+def _train_args(*argv: str):
+    import argparse
+
+    from router_svc.commands import train as train_command
+
+    parser = argparse.ArgumentParser()
+    train_command.add_arguments(parser)
+    return train_command.settings_from_args(parser.parse_args(list(argv)))
+
+
+def test_train_command_defaults_train_on_and_hold_out_the_request_sources() -> None:
+    settings = _train_args()
+    for name in user_requests.SUBJECTS:
+        assert name in settings.extra_sources and name in settings.held_out_sources
+
+
+def test_train_command_source_overrides_are_checked() -> None:
+    settings = _train_args("--extra-sources", "chitchat, user_law", "--held-out-sources", "user_law")
+    assert settings.extra_sources == ("chitchat", "user_law") and settings.held_out_sources == ("user_law",)
+    with pytest.raises(ValueError, match=r"unknown source\(s\) \['nope'\]; known: "):
+        _train_args("--extra-sources", "chitchat,nope")
+    with pytest.raises(ValueError, match=r"--held-out-sources: \['perlfaq'\] not among the training sources"):
+        _train_args("--extra-sources", "chitchat", "--held-out-sources", "perlfaq")
