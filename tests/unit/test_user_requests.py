@@ -158,3 +158,34 @@ def test_train_command_source_overrides_are_checked() -> None:
         _train_args("--extra-sources", "chitchat,nope")
     with pytest.raises(ValueError, match=r"--held-out-sources: \['perlfaq'\] not among the training sources"):
         _train_args("--extra-sources", "chitchat", "--held-out-sources", "perlfaq")
+
+
+def test_pinned_debian_digest_refuses_a_different_file(tmp_path: Path) -> None:
+    # The request sources are all Debian files: build a tiny package with dpkg-deb and read it back.
+    import hashlib
+    import shutil
+    import subprocess
+    from dataclasses import replace
+
+    from router_svc.training.sources import DebianFile, fetch_debian_file
+
+    if shutil.which("dpkg-deb") is None:
+        pytest.skip("dpkg-deb (Debian) is needed to build the test package")
+    root = tmp_path / "pkg"
+    (root / "DEBIAN").mkdir(parents=True)
+    (root / "DEBIAN" / "control").write_text("Package: demo-src\nVersion: 1.0\nArchitecture: all\n"
+                                             "Maintainer: Nobody <nobody@example.org>\nDescription: demo\n")
+    source_file = root / "usr" / "share" / "demo" / "main.go"
+    source_file.parent.mkdir(parents=True)
+    source_file.write_bytes(b"package main\n\nfunc main() {}\n")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    subprocess.run(["dpkg-deb", "--build", "--root-owner-group", str(root), str(cache / "demo-src_1.0_all.deb")],
+                   check=True, capture_output=True)
+    right = hashlib.sha256(source_file.read_bytes()).hexdigest()
+    source = DebianFile(package="demo-src", member="usr/share/demo/main.go", sha256=right, licence="MIT")
+    assert fetch_debian_file(source, cache) == source_file.read_bytes()
+    with pytest.raises(ValueError, match="has sha256"):
+        fetch_debian_file(replace(source, sha256="0" * 64), cache)
+    with pytest.raises(ValueError, match="has no usr/share/demo/other.go"):
+        fetch_debian_file(replace(source, member="usr/share/demo/other.go"), cache)
