@@ -81,7 +81,7 @@ bench-classifier: install
 # Training needs the `train` extra (torch CPU, model2vec, sentence-transformers for the MiniLM
 # baseline); some training and evaluation texts come from Debian packages (apt-get download), so
 # the package lists must be there.
-DEBIAN_DATA := perl-doc python3.11-doc hunspell-en-med
+DEBIAN_DATA := perl-doc python3.11-doc hunspell-en-med base-files libcurl4-doc libfmt-dev golang-github-pkg-errors-dev librust-semver-dev node-semver node-lru-cache bash-completion
 debian-data-lists:
 	@command -v apt-get >/dev/null || { echo "apt-get is needed to fetch $(DEBIAN_DATA)"; exit 1; }
 	@apt-cache show $(DEBIAN_DATA) >/dev/null 2>&1 || apt-get update -qq

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-#: The n-gram-only model that the semantic one replaced, kept to measure them side by side.
+#: The model the packaged one replaced (same design, trained without the code and law requests), kept to
+#: measure them side by side.
 PREVIOUS_ARTIFACT = ROOT / "benchmarks" / "previous_classifier"
 sys.path.insert(0, str(ROOT))
 

