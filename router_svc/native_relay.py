@@ -42,18 +42,17 @@ Python is asked a bounded number of times per request and never per frame:
   another replica or expert, or with the status to finish;
 - ``done``: the final status and the counters kept natively (frames, bytes, time to first token,
   the inter-token gaps in ``ITL_BOUNDS`` buckets): metrics, the log line, the admission slot.
-C++ posts events to a queue and wakes the event loop through an eventfd (``loop.add_reader``);
-relay threads never take the GIL. The loop's reader callback runs a new call's decision at once, up
-to its first real wait (``start_now``): Python 3.11 has no eager tasks, and a new task's first step
-waits for the loop's next turn (45-70 µs at the median, docs/profiles/router.md). Python's answer
-is then acted on by Python's own thread, inside ``proceed``/``finish``: it opens the upstream call
-and writes the request (or starts the client's Finish) in C++ before returning, instead of handing
-the answer to the relay thread (57-77 µs at the median, up to 0.5 ms at p90 under load). A call's
-state is therefore touched by two threads, its relay thread (every completion) and Python's (the
-answer), and each call has a mutex: uncontended but for the moment of an answer, two uncontended
-lock/unlock pairs per relayed frame. Answers the relay gives itself while shutting down go through a
-``grpc::Alarm`` on the call's queue, set with an already-expired deadline: gRPC rounds an alarm's
-deadline up to the next millisecond, so one set to "now" waited in the timer heap for 0.65-0.85 ms.
+C++ posts events to a queue and wakes the event loop through an eventfd (``loop.add_reader``); relay
+threads never take the GIL. Python's answer is acted on by Python's own thread, inside
+``proceed``/``finish``: it opens the upstream call and writes the request (or starts the client's
+Finish) in C++ before returning, instead of handing the answer to the relay thread (that hand-over
+and the opening took 237-259 µs at the median against 119-174 µs now, docs/profiles/router.md,
+"Fewer hops before the first frame"). A call's state is therefore touched by two threads, its relay
+thread (every completion) and Python's (the answer), and each call has a mutex: uncontended but for
+the moment of an answer, two uncontended lock/unlock pairs per relayed frame. Answers the relay
+gives itself while shutting down go through a ``grpc::Alarm`` on the call's queue, set with an
+already-expired deadline: gRPC rounds an alarm's deadline up to the next millisecond, so one set to
+"now" waited in the timer heap for 0.65-0.85 ms.
 
 Memory per stream is bounded by construction: the relay reads the next upstream frame only once
 the client took the previous one, so it holds at most two frames per stream and a client that stops
@@ -77,8 +76,6 @@ it is 0 once shutdown returns.
 from __future__ import annotations
 
 import asyncio
-import collections.abc
-import contextvars
 import logging
 import os
 import shutil
@@ -194,77 +191,6 @@ class NativeCall:
             waiter.set_result(outcome)
 
 
-class _FirstStepDone(collections.abc.Coroutine):
-    """A coroutine whose first step already ran outside its task; the task continues from there.
-
-    The task's first ``send`` returns what that step yielded (or ends as it ended); every later
-    ``send`` and ``throw`` goes to the coroutine itself, so a cancellation reaches it at its await.
-    """
-
-    __slots__ = ("_coro", "_first", "_outcome")
-
-    def __init__(self, coro: collections.abc.Coroutine) -> None:
-        self._coro = coro
-        self._first: str | None = None  # "yielded", "returned" or "raised" until the task took it
-        self._outcome: Any = None
-
-    def run_first_step(self) -> None:
-        try:
-            self._outcome = self._coro.send(None)
-            self._first = "yielded"
-        except StopIteration as stop:
-            self._outcome, self._first = stop.value, "returned"
-        except BaseException as exc:  # noqa: BLE001 - handed to the task, which reports it as its own
-            self._outcome, self._first = exc, "raised"
-
-    def send(self, value: Any) -> Any:
-        first = self._first
-        if first is None:
-            return self._coro.send(value)
-        self._first, outcome = None, self._outcome
-        self._outcome = None
-        if first == "yielded":
-            return outcome
-        if first == "returned":
-            raise StopIteration(outcome)
-        raise outcome
-
-    def throw(self, typ: Any, value: Any = None, traceback: Any = None) -> Any:
-        if self._first not in (None, "yielded"):  # already ended: nothing left to throw into
-            self._first = self._outcome = None
-            raise typ if value is None else value
-        self._first = self._outcome = None
-        return self._coro.throw(typ, value, traceback)
-
-    def close(self) -> None:
-        self._coro.close()
-
-    def __await__(self) -> Any:
-        raise TypeError("only a task drives this coroutine")
-
-
-def start_now(loop: asyncio.AbstractEventLoop, coro: collections.abc.Coroutine) -> asyncio.Task:
-    """Runs ``coro`` up to its first real wait now, in its task's context, then leaves it to that task.
-
-    What Python 3.12's eager tasks do: a new task otherwise starts on the loop's next turn, after
-    the callbacks queued before it (45-70 µs of a request's time to first token at the median,
-    docs/profiles/router.md). The task exists before the step runs and is the current task during
-    it, so ``asyncio.current_task()`` and ``asyncio.timeout`` work there as they do in any task.
-    Inside another task (``NativeRelay.stop`` drains the last events) it is an ordinary task.
-    """
-    if asyncio.current_task(loop) is not None:
-        return loop.create_task(coro)
-    first = _FirstStepDone(coro)
-    context = contextvars.copy_context()
-    task = loop.create_task(first, context=context)  # its first turn only takes the step's outcome over
-    asyncio.tasks._enter_task(loop, task)
-    try:
-        context.run(first.run_first_step)
-    finally:
-        asyncio.tasks._leave_task(loop, task)
-    return task
-
-
 class GenerateHandler(Protocol):
     async def generate_native(self, call: NativeCall) -> None: ...
 
@@ -317,9 +243,7 @@ class NativeRelay:
             if kind == "start":
                 _, call_id, request, metadata, peer, timeout = event
                 call = NativeCall(self, call_id, request, metadata, peer, timeout)
-                # The decision runs now, up to ``proceed`` when it needs no wait (the usual case):
-                # no turn of the loop between the relay's event and the answer.
-                task = start_now(self._loop, self.handler.generate_native(call))
+                task = self._loop.create_task(self.handler.generate_native(call))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
                 continue
