@@ -42,17 +42,12 @@ Python is asked a bounded number of times per request and never per frame:
   another replica or expert, or with the status to finish;
 - ``done``: the final status and the counters kept natively (frames, bytes, time to first token,
   the inter-token gaps in ``ITL_BOUNDS`` buckets): metrics, the log line, the admission slot.
-C++ posts events to a queue and wakes the event loop through an eventfd (``loop.add_reader``); relay
-threads never take the GIL. Python's answer is acted on by Python's own thread, inside
-``proceed``/``finish``: it opens the upstream call and writes the request (or starts the client's
-Finish) in C++ before returning, instead of handing the answer to the relay thread (that hand-over
-and the opening took 237-259 µs at the median against 119-174 µs now, docs/profiles/router.md,
-"Fewer hops before the first frame"). A call's state is therefore touched by two threads, its relay
-thread (every completion) and Python's (the answer), and each call has a mutex: uncontended but for
-the moment of an answer, two uncontended lock/unlock pairs per relayed frame. Answers the relay
-gives itself while shutting down go through a ``grpc::Alarm`` on the call's queue, set with an
-already-expired deadline: gRPC rounds an alarm's deadline up to the next millisecond, so one set to
-"now" waited in the timer heap for 0.65-0.85 ms.
+C++ posts events to a queue and wakes the event loop through an eventfd (``loop.add_reader``);
+relay threads never take the GIL. Python answers through a ``grpc::Alarm`` on the call's own
+completion queue, so each call's state is touched by one thread only and the frame path has no lock.
+The alarm is set with an already-expired deadline: gRPC rounds an alarm's deadline up to the next
+millisecond, so one set to "now" waited in the timer heap and cost 0.65-0.85 ms of every request's
+time to first token (docs/profiles/router.md has the step-by-step breakdown).
 
 Memory per stream is bounded by construction: the relay reads the next upstream frame only once
 the client took the previous one, so it holds at most two frames per stream and a client that stops
@@ -67,11 +62,7 @@ threads. A call's handler starts operations on its queue (the upstream's Finish 
 then the client's), and gRPC aborts the process (``assertion failed: grpc_cq_begin_op`` in call.cc)
 when one starts on a queue that was shut down and has drained; shutting the queues first did that
 whenever a router stopped with streams in flight and a cancellation was still on its way through a
-call. Python's thread starts operations too, and safely: a call it answers has left the waiting
-list, but the answer still counts among the call's pending operations, so the call cannot end and
-shutdown waits for it; the queues are shut only after that thread has started (and counted, under
-the call's lock) its operations. ``_relay.Relay.live_calls()`` counts the calls the relay holds;
-it is 0 once shutdown returns.
+call. ``_relay.Relay.live_calls()`` counts the calls the relay holds; it is 0 once shutdown returns.
 """
 from __future__ import annotations
 

@@ -4,12 +4,10 @@
 // Why and how the pieces fit is written in router_svc/native_relay.py (the Python face of this
 // module). In short: the async completion-queue API (AsyncGenericService, GenericStub::PrepareCall),
 // one completion queue and one thread per configured thread; every call is a small state machine
-// driven by tags from its queue, and the frame path never takes the GIL. Python is asked what to do
-// through an event queue plus an eventfd the asyncio loop watches, and its answer is acted on by
-// Python's own thread (Relay::Answer -> Call::DecideNow: it opens the upstream call and writes the
-// request, or finishes the call), so a call's state is touched by two threads: each call has a
-// mutex, uncontended on the frame path but for the moment of the answer. Shutdown's own answers go
-// through a grpc::Alarm (deadline already passed, so it fires at once) on the call's queue:
+// driven by tags from its queue, so a call's state is only ever touched by one thread and the frame
+// path takes no lock and never the GIL. Python is asked what to do through an event queue plus an
+// eventfd the asyncio loop watches, and answers through a grpc::Alarm (deadline already passed, so
+// it fires at once) on the call's own queue:
 //   start  (request bytes, metadata, peer, deadline)   -> proceed (channel, metadata) | finish (status)
 //   failed (an upstream status before the first frame) -> proceed (another replica)   | finish (status)
 //   done   (final status and the per-stream counters), once per Generate call that reached Python.
@@ -21,11 +19,7 @@
 // client's Finish after the upstream's), and gRPC aborts the process when an operation starts on a
 // queue that was shut down and has drained (GPR_ASSERT(grpc_cq_begin_op(...)) in call.cc): shutting
 // the queues while calls lived did exactly that, now and then, when a router stopped with streams
-// in flight. Python's thread starts operations too (DecideNow), and that is safe in this order: a
-// call it answers has left the waiting list, but the answer is still counted in its pending
-// operations, so the call cannot end, WaitForCalls waits for it, and the queues are shut only
-// after DecideNow has started its operations (it counts them under the call's lock before any
-// completion of theirs can be handled).
+// in flight.
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -169,40 +163,29 @@ class Call {
   ~Call() { Hold(-held_); }
 
   void Request();
-  // A completion from the call's queue (its relay thread); deletes the call after its last one.
   void Handle(const Tag& tag, bool ok);
-  // Shutdown's answer to a call waiting for Python (under the relay's lock): through the alarm,
-  // acted on by the relay thread.
-  void Decide(Decision&& decision);
-  // Python's answer, acted on at once on Python's thread: no hop to the relay thread.
-  void DecideNow(Decision&& decision);
+  void Decide(Decision&& decision);  // under the relay's lock: Python's thread, or shutdown's
   uint64_t id() const { return id_; }
 
  private:
-  bool HandleLocked(const Tag& tag, bool ok);  // true: the call has ended, delete it
-  void Act(Decision&& decision);
   void HandleGenerate(Op op, bool ok);
   void HandleForward(Op op, bool ok);
   void HandleUpstream(Op op, bool ok);
   void ClientWriteDone(bool ok);
   void AwaitDecision(Event&& event);
-  Upstream* OpenUpstream(const std::shared_ptr<grpc::Channel>& channel, const std::string& method,
-                         const Metadata* metadata);
+  Upstream* OpenUpstream(const std::shared_ptr<grpc::Channel>& channel, const std::string& method);
   void ReadUpstream();
   void WriteClient();
   void FinishClient(const grpc::Status& status);
   void FinishFromUpstream();
   void Post(EventKind kind);
+  void MaybeDelete();
   void Hold(int64_t bytes) {
     held_ += bytes;
     held_bytes_->value.store(held_bytes_->value.load(std::memory_order_relaxed) + bytes, std::memory_order_relaxed);
   }
 
   LiveCall live_;  // first: outlives every other member
-  // Two threads act on a call: its relay thread (every completion) and Python's (its answer,
-  // DecideNow). Uncontended but for the moment of an answer; a completion of an operation Python's
-  // thread started waits here until that thread has started the rest and counted them in pending_.
-  std::mutex mutex_;
   Relay* relay_;
   grpc::ServerCompletionQueue* cq_;
   HeldBytes* held_bytes_;
@@ -335,24 +318,14 @@ class Relay {
 
   // Python side -----------------------------------------------------------------------------------
 
-  // Python's answer, acted on by Python's thread itself (opening the upstream call and writing the
-  // request, or finishing the call). The call leaves ``waiting_`` under the relay's lock, so
-  // shutdown either answers it itself (before) or never sees it (after); in the second case the
-  // call's pending count still holds the answer, so the call cannot end, WaitForCalls waits for
-  // it, and its queue stays open until DecideNow has started every operation. DecideNow runs
-  // outside the relay's lock: a relay thread holds a call's lock and then takes the relay's
-  // (Wait, Post), never the other way round.
   bool Answer(uint64_t id, Decision&& decision) {
-    Call* call;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      if (closed_) return false;
-      auto it = waiting_.find(id);
-      if (it == waiting_.end()) return false;
-      call = it->second;
-      waiting_.erase(it);
-    }
-    call->DecideNow(std::move(decision));
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (closed_) return false;
+    auto it = waiting_.find(id);
+    if (it == waiting_.end()) return false;
+    Call* call = it->second;
+    waiting_.erase(it);
+    call->Decide(std::move(decision));
     return true;
   }
 
@@ -494,26 +467,13 @@ void Call::Decide(Decision&& decision) {
   alarm_.Set(cq_, gpr_inf_past(GPR_CLOCK_MONOTONIC), &tags_[kAlarm]);
 }
 
-void Call::DecideNow(Decision&& decision) {
-  std::lock_guard<std::mutex> lock(mutex_);
-  --pending_;  // the answer AwaitDecision counted: it comes here instead of through the alarm
-  Act(std::move(decision));  // starts at least one operation: pending_ stays above 0
-}
-
 void Call::Handle(const Tag& tag, bool ok) {
-  bool ended;
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    ended = HandleLocked(tag, ok);
-  }
-  // Nothing else can reach the call now: no operation is pending and Python no longer knows it.
-  if (ended) delete this;
-}
-
-bool Call::HandleLocked(const Tag& tag, bool ok) {
   --pending_;
   if (tag.op == kAccept) {
-    if (!ok) return true;  // the server is shutting down
+    if (!ok) {  // the server is shutting down
+      delete this;
+      return;
+    }
     (new Call(relay_, cq_, held_bytes_))->Request();
     accepted_ = true;
     ++pending_;  // the done notification: always delivered for an accepted call
@@ -522,7 +482,8 @@ bool Call::HandleLocked(const Tag& tag, bool ok) {
       ++pending_;
       stream_.Read(&request_, &tags_[kClientRead]);
     } else {
-      OpenUpstream(relay_->forward(), context_.method(), nullptr);
+      Upstream* upstream = OpenUpstream(relay_->forward(), context_.method());
+      (void)upstream;
       ++pending_;
       stream_.Read(&request_, &tags_[kClientRead]);
       ReadUpstream();
@@ -542,20 +503,21 @@ bool Call::HandleLocked(const Tag& tag, bool ok) {
   } else {
     HandleForward(tag.op, ok);
   }
-  return pending_ == 0 && finished_;
+  MaybeDelete();
 }
 
-// ``metadata``: what to send upstream for Generate (Python's decision); null to forward the
-// client's own (the other methods).
-Upstream* Call::OpenUpstream(const std::shared_ptr<grpc::Channel>& channel, const std::string& method,
-                             const Metadata* metadata) {
+void Call::MaybeDelete() {
+  if (pending_ == 0 && finished_) delete this;
+}
+
+Upstream* Call::OpenUpstream(const std::shared_ptr<grpc::Channel>& channel, const std::string& method) {
   attempts_.push_back(std::make_unique<Upstream>());
   Upstream* upstream = attempts_.back().get();
   for (int op = 0; op < kOpCount; ++op) upstream->tags[op] = {this, upstream, static_cast<Op>(op)};
   gpr_timespec deadline = context_.raw_deadline();
   if (gpr_time_cmp(deadline, gpr_inf_future(deadline.clock_type)) != 0) upstream->context.set_deadline(deadline);
-  if (metadata != nullptr) {
-    for (const auto& [key, value] : *metadata) upstream->context.AddMetadata(key, value);
+  if (generate_) {
+    for (const auto& [key, value] : decision_.metadata) upstream->context.AddMetadata(key, value);
   } else {
     for (const auto& [key, value] : context_.client_metadata())
       if (Forwardable(key)) upstream->context.AddMetadata(std::string(key.data(), key.size()),
@@ -592,7 +554,7 @@ void Call::FinishClient(const grpc::Status& status) {
 
 void Call::AwaitDecision(Event&& event) {
   event.id = id_;
-  ++pending_;  // the answer: Python's (DecideNow takes this count over) or shutdown's alarm
+  ++pending_;  // the alarm set with the answer (Python's, or the relay's own when shutting down)
   if (relay_->Wait(this)) relay_->Post(std::move(event));
 }
 
@@ -632,34 +594,31 @@ void Call::HandleGenerate(Op op, bool ok) {
       AwaitDecision(std::move(event));
       return;
     }
-    case kAlarm:
-      Act(std::move(decision_));
-      decision_ = Decision();
+    case kAlarm: {
+      Decision decision = std::move(decision_);
+      if (!decision.proceed) {
+        for (const auto& [key, value] : decision.trailers) context_.AddTrailingMetadata(key, value);
+        FinishClient(grpc::Status(static_cast<grpc::StatusCode>(decision.code), decision.details));
+      } else if (cancelled_) {
+        FinishClient(grpc::Status(grpc::StatusCode::CANCELLED, "the client cancelled"));
+      } else {
+        decision_ = std::move(decision);
+        initial_ = std::move(decision_.initial);
+        capture_ = decision_.capture;
+        if (gaps_.empty()) gaps_.assign(relay_->itl_bounds().size(), 0);
+        Upstream* upstream = OpenUpstream(decision_.channel, kExpertGenerate);
+        ++pending_;
+        upstream->stream->Write(request_, grpc::WriteOptions().set_last_message(), &upstream->tags[kUpWrite]);
+        ReadUpstream();
+        decision_ = Decision();
+      }
       return;
+    }
     case kClientWrite:
       ClientWriteDone(ok);
       return;
     default:
       return;
-  }
-}
-
-// The decision for a Generate call waiting for one; under the call's lock, on whichever thread
-// answered. Always starts at least one operation (the upstream's, or the client's Finish).
-void Call::Act(Decision&& decision) {
-  if (!decision.proceed) {
-    for (const auto& [key, value] : decision.trailers) context_.AddTrailingMetadata(key, value);
-    FinishClient(grpc::Status(static_cast<grpc::StatusCode>(decision.code), decision.details));
-  } else if (cancelled_) {
-    FinishClient(grpc::Status(grpc::StatusCode::CANCELLED, "the client cancelled"));
-  } else {
-    initial_ = std::move(decision.initial);
-    capture_ = decision.capture;
-    if (gaps_.empty()) gaps_.assign(relay_->itl_bounds().size(), 0);
-    Upstream* upstream = OpenUpstream(decision.channel, kExpertGenerate, &decision.metadata);
-    ++pending_;
-    upstream->stream->Write(request_, grpc::WriteOptions().set_last_message(), &upstream->tags[kUpWrite]);
-    ReadUpstream();
   }
 }
 

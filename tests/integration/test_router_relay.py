@@ -243,14 +243,16 @@ RACES = 64
 
 
 async def test_a_cancel_racing_the_answer_leaves_nothing_open(start_router, start_expert, relay, monkeypatch) -> None:
-    """The native relay acts on Python's answer on Python's thread while the relay thread may be handling
-    the client's cancellation of the same call: each call's answer is held until its client has
-    cancelled, then given after a random spin of up to 150 µs (the relay handles a cancel some 50 µs
-    after the client sends it: with spins of up to 3 ms, 1 call in 64 still opened its upstream call),
-    so the cancel lands before, during and after the upstream call is opened. Every upstream stream
-    that opened must be cancelled and every count must come back to zero."""
+    """Python's answer and the client's cancel reach the native relay at nearly the same moment: each
+    call's answer is held until its client has cancelled, then given after a random spin of up to
+    150 µs (the relay handled a cancel some 50 µs after the client sent it: with spins of up to 3 ms,
+    1 call in 64 still opened its upstream call), so the cancel lands before, during and after the
+    upstream call is opened. Every upstream stream that opened must be cancelled and every count
+    must come back to zero. Written for a relay that opened the upstream call on Python's thread
+    while the relay thread handled the cancel (measured and not kept: docs/profiles/router.md,
+    "Fewer hops before the first frame"); it holds the answer path to the same account today."""
     if relay != "native":
-        pytest.skip("the answer is acted on by another thread only in the native relay")
+        pytest.skip("Python's answer is a separate step of the call only in the native relay")
     import random
 
     from router_svc.native_relay import NativeCall
