@@ -242,6 +242,7 @@ async def test_stopping_with_a_call_waiting_for_its_decision_ends_it(start_route
 RACES = 64
 
 
+@pytest.mark.parametrize("relay", ["native"], indirect=True)  # the answer is a separate step only there
 async def test_a_cancel_racing_the_answer_leaves_nothing_open(start_router, start_expert, relay, monkeypatch) -> None:
     """Python's answer and the client's cancel reach the native relay at nearly the same moment: each
     call's answer is held until its client has cancelled, then given after a random spin of up to
@@ -251,8 +252,6 @@ async def test_a_cancel_racing_the_answer_leaves_nothing_open(start_router, star
     must come back to zero. Written for a relay that opened the upstream call on Python's thread
     while the relay thread handled the cancel (measured and not kept: docs/profiles/router.md,
     "Fewer hops before the first frame"); it holds the answer path to the same account today."""
-    if relay != "native":
-        pytest.skip("Python's answer is a separate step of the call only in the native relay")
     import random
 
     from router_svc.native_relay import NativeCall
