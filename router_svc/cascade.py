@@ -211,7 +211,7 @@ class CascadeModel:
                                "installed (pip install 'tokenizers>=0.22,<0.23')") from None
         try:
             tokenizer = Tokenizer.from_str(content.decode("utf-8"))
-        except Exception as exc:  # tokenizers raises its own Exception subclass for every parse error
+        except Exception as exc:  # noqa: BLE001 - tokenizers raises its own Exception subclass for every parse error
             raise CascadeError(f"{where}: {TOKENIZER_FILE}: not a Hugging Face tokenizers file: {exc}") from None
         vocabulary = tokenizer.get_vocab_size(with_added_tokens=True)
         if manifest.pad_id >= vocabulary:
@@ -240,7 +240,7 @@ class CascadeModel:
         chosen = list(providers) if providers is not None else _choose_providers(ort.get_available_providers())
         try:
             session = ort.InferenceSession(content, sess_options=options, providers=chosen)
-        except Exception as exc:  # onnxruntime raises its own exception types
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
             raise CascadeError(f"{where}: {MODEL_FILE}: cannot be loaded by onnxruntime (corrupt or truncated?): "
                                f"{exc}") from None
         inputs = {i.name: i.type for i in session.get_inputs()}
@@ -262,7 +262,7 @@ class CascadeModel:
                 ids, mask = self.encode([text])
                 probabilities = np.asarray(self._run(self._output_names, {"input_ids": ids, "attention_mask": mask},
                                                      quiet)[0], dtype=np.float32)
-            except Exception as exc:  # onnxruntime's own types: a graph that cannot run these shapes
+            except Exception as exc:  # noqa: BLE001 - onnxruntime's own types: a graph that cannot run these shapes
                 raise CascadeError(f"{where}: {MODEL_FILE}: fails on {what}: {exc}") from None
             expected_shape = (1, self._num_labels)
             if probabilities.shape != expected_shape:
@@ -392,7 +392,7 @@ class CascadeScorer:
             # Not this request's cancel: close() dropped the queued run (the generation was retired).
             self._outcomes["skipped_busy"].inc()
             return None
-        except Exception as exc:  # noqa: BLE001 - the cascade must never fail a request
+        except Exception as exc:
             self._outcomes["error"].inc()
             if not self._failing:
                 self._failing = True

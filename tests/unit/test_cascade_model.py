@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 
 from router_svc.cascade import CascadeError, CascadeModel
-from tests.cascade_model import LABELS, build_graph, vocabulary, word_table, write_cascade_model, write_manifest
+from tests.cascade_model import (
+    LABELS,
+    build_graph,
+    vocabulary,
+    word_table,
+    write_cascade_model,
+    write_manifest,
+)
 
 
 @pytest.fixture
