@@ -105,7 +105,7 @@ SETTINGS: tuple[Setting, ...] = (
             "score is at least the chosen score minus this margin are tried (in score order), then the "
             "fallback expert", kind=FLOAT, default=0.1, low=0.0, high=1.0, key="failover_margin"),
     Setting("cascade_dir", "optional cascade: a cascade model folder (`model.onnx`, `tokenizer.json`, "
-            "`cascade.json`; docs/classifier.md) that rescores the prompts whose best classifier score is below "
+            "`cascade.json`; docs/configuration.md, Optional cascade) that rescores the prompts whose best classifier score is below "
             "its threshold, in a thread of its own; in a file, relative to the file's folder", kind=FOLDER,
             nullable=True, flag="--cascade-model", key="cascade_model", metavar="DIR", default_doc="off"),
     Setting("cascade_below", "with --cascade-model: rescore the prompts whose best classifier score is below "
@@ -114,8 +114,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("cascade_threads", "with --cascade-model: onnxruntime threads for one cascade run", kind=INT,
             default=1, low=1, high=256, flag="--cascade-threads", key="cascade_threads", metavar="N"),
     Setting("cascade_max_pending", "with --cascade-model: most prompts waiting for or in the cascade at once; "
-            "past it the classifier's answer stands (4: at ~25 ms a run, at most ~0.1 s added to a prompt's "
-            "time to first token)", kind=INT, default=4, low=1, high=4096, flag="--cascade-max-pending",
+            "past it the classifier's answer stands", kind=INT, default=4, low=1, high=4096, flag="--cascade-max-pending",
             key="cascade_max_pending", metavar="N"),
     Setting("metrics_listen", "serve Prometheus metrics over HTTP at `http://HOST:PORT/metrics`",
             nullable=True, flag="--metrics-listen", key="metrics_listen", metavar="HOST:PORT", default_doc="off",
