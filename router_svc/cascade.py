@@ -392,7 +392,7 @@ class CascadeScorer:
             # Not this request's cancel: close() dropped the queued run (the generation was retired).
             self._outcomes["skipped_busy"].inc()
             return None
-        except Exception as exc:
+        except Exception as exc:  # whatever the model raises: the cascade must never fail a request
             self._outcomes["error"].inc()
             if not self._failing:
                 self._failing = True

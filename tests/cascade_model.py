@@ -11,11 +11,13 @@ is medicine with high probability, a prompt of unknown words is uniform.
 
 A stand-in for the MiniLM + logistic regression export the router serves in production, which is
 too large to build in a unit test; the router code under test is the same for both.
+``GatedCascade`` wraps a loaded model to make it slow (it waits for the test) or broken.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -147,3 +149,45 @@ def write_cascade_model(directory: Path | str, *, labels: Sequence[str] = LABELS
     }), encoding="utf-8")
     write_manifest(directory)
     return directory
+
+
+class GatedCascade:
+    """FAKE of router_svc.cascade.CascadeModel's scoring surface (version, labels, threshold,
+    combination, predict_batch) that scores with a real model (the tiny one), but only once ``gate``
+    opens; ``fail`` makes it raise instead, ``shape_override`` return zeros of that shape. Records
+    which thread each run used."""
+
+    def __init__(self, model: Any, *, open_gate: bool = False, combination: str | None = None) -> None:
+        self._model = model
+        self.version = model.version
+        self.labels = model.labels
+        self.threshold = model.threshold
+        self.combination = combination or model.combination
+        self.gate = threading.Event()
+        if open_gate:
+            self.gate.set()
+        self.started = threading.Semaphore(0)
+        self.runs = 0
+        self.finished = 0
+        self.threads: list[str] = []
+        self.fail: Exception | None = None
+        self.shape_override: tuple[int, int] | None = None
+
+    def predict_batch(self, texts: Sequence[str]) -> np.ndarray:
+        self.threads.append(threading.current_thread().name)
+        self.runs += 1
+        self.started.release()
+        assert self.gate.wait(30), "the test never opened the gate"
+        try:
+            if self.fail is not None:
+                raise self.fail
+            if self.shape_override is not None:
+                return np.zeros(self.shape_override, dtype=np.float32)
+            return self._model.predict_batch(texts)
+        finally:
+            self.finished += 1
+
+    async def wait_started(self) -> None:
+        from tests.helpers import eventually
+
+        await eventually(lambda: self.started.acquire(blocking=False), what="a cascade run started")

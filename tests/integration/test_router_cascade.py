@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import aiohttp
+import grpc
 import pytest
 
 from expert_router.v1 import expert_router_pb2 as pb
@@ -17,7 +18,7 @@ from expert_router.v1 import expert_router_pb2_grpc as pb_grpc
 from router_svc import config
 from router_svc.cascade import CascadeError
 from router_svc.reload import ConfigReloader
-from tests.cascade_model import write_cascade_model, write_manifest
+from tests.cascade_model import LABELS, GatedCascade, write_cascade_model, write_manifest
 from tests.helpers import eventually
 
 # The FAKE classifier (tests/helpers.py) knows none of these words: it falls back to general. The
@@ -183,3 +184,29 @@ async def test_the_classify_span_names_the_cascade(tmp_path: Path, experts, fake
         assert [s.attributes.get("expert_router.cascade") for s in classify] == ["tiny-bow-1", None]
     finally:
         await router.stop(0)
+
+
+async def test_a_client_cancel_while_the_cascade_scores_leaks_nothing(start_router, experts, channels, tmp_path,
+                                                                      monkeypatch) -> None:
+    from router_svc import server
+    from router_svc.cascade import CascadeModel
+
+    model_dir = write_cascade_model(tmp_path / "cascade")
+    gated = GatedCascade(CascadeModel.load(model_dir, labels=LABELS))
+    monkeypatch.setattr(server, "load_cascade", lambda cfg, labels: gated if cfg.cascade_dir else None)
+    router = await start_router({name: [e.address] for name, e in experts.items()}, cascade_dir=str(model_dir))
+    stub = pb_grpc.RouterStub(channels(router.address))
+    call = stub.Generate(pb.GenerateRequest(prompt=UNSURE_MEDICINE, sampling=pb.SamplingParams(max_tokens=2)))
+    await gated.wait_started()
+    call.cancel()
+    assert await call.code() == grpc.StatusCode.CANCELLED
+    state = router.state
+    assert state.cascade.pending == 1  # the run goes on in its thread...
+    gated.gate.set()
+    # ...and when it is done nothing is held: no slot, no call on the generation, no admission, no stream.
+    await eventually(lambda: state.cascade.pending == 0 and state.active == 0 and router.admission.total == 0,
+                     what="everything released")
+    assert router.metrics.registry.get_sample_value("router_in_flight_streams", {"expert": "medicine"}) in (None, 0)
+    assert outcome(router, "scored") + outcome(router, "error") <= 1
+    metadata = await generate(stub, UNSURE_MEDICINE)  # and the next prompt is rescored as usual
+    assert (metadata["x-expert"], metadata["x-expert-cascade"]) == ("medicine", "tiny-bow-1")

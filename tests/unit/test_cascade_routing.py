@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ from router_svc.batching import MicroBatcher
 from router_svc.cascade import CascadeModel, CascadeScorer, combine
 from router_svc.metrics import RouterMetrics
 from router_svc.servicer import ExpertChooser
-from tests.cascade_model import LABELS, write_cascade_model
+from tests.cascade_model import LABELS, GatedCascade, write_cascade_model
 from tests.helpers import FakeClassifier, eventually
 
 # The FAKE classifier knows none of these words: a flat row (1/6 each), below any threshold; the
@@ -42,45 +41,6 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def model(model_dir: Path) -> CascadeModel:
     return CascadeModel.load(model_dir, labels=LABELS)
-
-
-class GatedCascade:
-    """FAKE of router_svc.cascade.CascadeModel's scoring surface (version, labels, threshold,
-    combination, predict_batch) that scores with the real tiny model, but only once ``gate`` opens;
-    ``fail`` makes it raise instead. Records which thread each run used."""
-
-    def __init__(self, model: CascadeModel, *, open_gate: bool = False, combination: str | None = None) -> None:
-        self._model = model
-        self.version = model.version
-        self.labels = model.labels
-        self.threshold = model.threshold
-        self.combination = combination or model.combination
-        self.gate = threading.Event()
-        if open_gate:
-            self.gate.set()
-        self.started = threading.Semaphore(0)
-        self.runs = 0
-        self.finished = 0
-        self.threads: list[str] = []
-        self.fail: Exception | None = None
-        self.shape_override: tuple[int, int] | None = None
-
-    def predict_batch(self, texts: Sequence[str]) -> np.ndarray:
-        self.threads.append(threading.current_thread().name)
-        self.runs += 1
-        self.started.release()
-        assert self.gate.wait(30), "the test never opened the gate"
-        try:
-            if self.fail is not None:
-                raise self.fail
-            if self.shape_override is not None:
-                return np.zeros(self.shape_override, dtype=np.float32)
-            return self._model.predict_batch(texts)
-        finally:
-            self.finished += 1
-
-    async def wait_started(self) -> None:
-        await eventually(lambda: self.started.acquire(blocking=False), what="a cascade run started")
 
 
 def outcome(metrics: RouterMetrics, name: str) -> float:
