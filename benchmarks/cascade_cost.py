@@ -112,6 +112,51 @@ async def measure(classifier: Classifier, cascade_model: CascadeModel, texts: Se
             "distinct_cascaded": len(cascaded_texts), "threshold": scorer.threshold}
 
 
+async def caller(chooser: ExpertChooser, texts: Sequence[str], offset: int, calls: int, stride: int,
+                 timed: list[float]) -> None:
+    """One of the concurrent callers: decides calls offset, offset + stride, ... back to back.
+
+    It yields to the loop after each decision, as a request does when it goes on to its expert:
+    a decision scored inline never suspends, and callers that never yield would starve the loop
+    of the cascade thread's completions (a benchmark artifact, not the router's behaviour)."""
+    for i in range(offset, calls, stride):
+        started = time.perf_counter_ns()
+        await chooser.decide(texts[i % len(texts)])
+        timed.append((time.perf_counter_ns() - started) / 1000)
+        await asyncio.sleep(0)
+
+
+async def measure_concurrent(classifier: Classifier, cascade_model: CascadeModel, texts: Sequence[str],
+                             calls: int, concurrency: int, cascade_below: float | None,
+                             max_pending: int) -> dict[str, dict[str, object]]:
+    """``concurrency`` callers at once, each deciding its share of ``calls`` back to back: without
+    the cascade, then with it and its bound (``max_pending``), as a busy router would see them."""
+    results = {}
+    for name in ("without cascade", "with cascade"):
+        metrics = RouterMetrics()
+        labels = classifier.labels
+        scorer = (CascadeScorer(cascade_model, threshold=cascade_below, max_pending=max_pending, metrics=metrics)
+                  if name == "with cascade" else None)
+        chooser = ExpertChooser(classifier, MicroBatcher(classifier.predict_batch), experts=labels,
+                                fallback=labels[-1], min_confidence=0.0, metrics=metrics, cascade=scorer)
+        for text in texts:
+            await chooser.decide(text)
+        warm = {o: metrics.registry.get_sample_value("router_cascade_prompts_total", {"outcome": o}) or 0.0
+                for o in ("scored", "skipped_busy", "error")}
+        timed: list[float] = []
+
+        started = time.perf_counter()
+        await asyncio.gather(*(caller(chooser, texts, offset, calls, concurrency, timed)
+                               for offset in range(concurrency)))
+        wall = time.perf_counter() - started
+        outcomes = {o: (metrics.registry.get_sample_value("router_cascade_prompts_total", {"outcome": o}) or 0.0)
+                    - warm[o] for o in warm}
+        if scorer is not None:
+            await scorer.close()
+        results[name] = {"timed": timed, "per_second": calls / wall, "outcomes": outcomes}
+    return results
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cascade-model", metavar="DIR", default=None,
@@ -122,6 +167,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--prompts", type=int, default=400, help="timed decide calls per chooser (default 400)")
     parser.add_argument("--classifier", metavar="DIR", default=None,
                         help="fast classifier artifact (default: the packaged one)")
+    parser.add_argument("--concurrency", type=int, default=0,
+                        help="also run this many callers at once, to see the bound at work (default: not)")
+    parser.add_argument("--cascade-max-pending", type=int, default=4,
+                        help="the cascade's bound in the concurrent run (default 4, the router's default)")
     args = parser.parse_args(argv)
     classifier = Classifier.load(args.classifier)
     cascade_model = load_cascade(args.cascade_model, classifier.labels, args.cascade_threads)
@@ -144,6 +193,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         plain, both = result["timings"]["without cascade"], result["timings"]["with cascade"]
         print(f"\nmean added per prompt by the cascade: {statistics.fmean(both) - statistics.fmean(plain):.1f} us; "
               f"median ratio with/without: {medians['with cascade'] / medians['without cascade']:.2f}x")
+    if args.concurrency > 0:
+        concurrent = asyncio.run(measure_concurrent(classifier, cascade_model, texts, args.prompts, args.concurrency,
+                                                    args.cascade_below, args.cascade_max_pending))
+        print(f"\n{args.concurrency} callers at once, {args.prompts} decisions, cascade bound "
+              f"{args.cascade_max_pending}: decide us median / p90 / p99, decisions/s, cascade outcomes")
+        for name, row in concurrent.items():
+            timed = row["timed"]
+            outcomes = ", ".join(f"{o} {n / args.prompts:.1%}" for o, n in row["outcomes"].items())
+            print(f"  {name:<16} {statistics.median(timed):9.1f} {percentile(timed, 0.9):9.1f} "
+                  f"{percentile(timed, 0.99):9.1f} {row['per_second']:9.0f}/s  {outcomes}")
     return 0
 
 
