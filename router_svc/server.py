@@ -11,7 +11,6 @@ import asyncio
 import logging
 import signal
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -21,15 +20,13 @@ from prometheus_client import CollectorRegistry, Counter
 from router_svc.admission import Admission, AdmissionLimits
 from router_svc.auth import TokenAuth, load_tokens
 from router_svc.batching import MicroBatcher
+from router_svc.cascade import CascadeModel, CascadeScorer
 from router_svc.config import RESTART_ONLY, ConfigError, RouterConfig, check_files, relay_threads
 from router_svc.metrics import MetricsServer, RouterMetrics
 from router_svc.native_relay import NativeRelay, choose_relay
 from router_svc.servicer import SERVICE_NAME, ExpertChooser, RouterServicer, RouterState, ScoringClassifier
 from router_svc.upstream import UpstreamPool, UpstreamSettings
 from service_base.tracing import Tracing, start_tracing
-
-if TYPE_CHECKING:
-    from router_svc.cascade import CascadeModel
 
 log = logging.getLogger("router_svc")
 
@@ -95,8 +92,6 @@ def load_cascade(cfg: RouterConfig, labels: Sequence[str]) -> CascadeModel | Non
     """
     if cfg.cascade_dir is None:
         return None
-    from router_svc.cascade import CascadeModel
-
     return CascadeModel.load(cfg.cascade_dir, labels=labels, threads=cfg.cascade_threads)
 
 
@@ -108,8 +103,6 @@ async def build_state(cfg: RouterConfig, classifier: ScoringClassifier, metrics:
     batcher = MicroBatcher(classifier.predict_batch, max_batch=cfg.max_batch)
     cascade = None
     if cascade_model is not None:
-        from router_svc.cascade import CascadeScorer
-
         cascade = CascadeScorer(cascade_model, threshold=cfg.cascade_below, max_pending=cfg.cascade_max_pending,
                                 metrics=metrics)
     chooser = ExpertChooser(classifier, batcher, experts=cfg.expert_names, fallback=cfg.fallback,

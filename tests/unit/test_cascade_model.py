@@ -281,3 +281,14 @@ def test_tokenizer_json_of_another_kind(model_dir: Path) -> None:
 def test_tokenizer_not_utf8(model_dir: Path) -> None:
     replace_tokenizer(model_dir, b"\xff\xfe\x00")
     assert "tokenizer.json: not a Hugging Face tokenizers file" in refused(model_dir)
+
+
+def test_tokenizers_is_imported_only_with_a_cascade() -> None:
+    """The router's modules do not import ``tokenizers`` until a cascade model is loaded (README)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, router_svc.server, router_svc.cascade; "
+            "print('tokenizers' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert result.stdout.strip() == "False"
