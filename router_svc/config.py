@@ -104,6 +104,18 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("failover_margin", "when the chosen expert has no healthy replica, the next-best experts whose "
             "score is at least the chosen score minus this margin are tried (in score order), then the "
             "fallback expert", kind=FLOAT, default=0.1, low=0.0, high=1.0, key="failover_margin"),
+    Setting("cascade_dir", "optional cascade: a cascade model folder (`model.onnx`, `tokenizer.json`, "
+            "`cascade.json`; docs/configuration.md, Optional cascade) that rescores the prompts whose best classifier score is below "
+            "its threshold, in a thread of its own; in a file, relative to the file's folder", kind=FOLDER,
+            nullable=True, flag="--cascade-model", key="cascade_model", metavar="DIR", default_doc="off"),
+    Setting("cascade_below", "with --cascade-model: rescore the prompts whose best classifier score is below "
+            "this", kind=FLOAT, nullable=True, low=0.0, high=1.0, flag="--cascade-below", key="cascade_below",
+            metavar="X", default_doc="the model's `threshold`"),
+    Setting("cascade_threads", "with --cascade-model: onnxruntime threads for one cascade run", kind=INT,
+            default=1, low=1, high=256, flag="--cascade-threads", key="cascade_threads", metavar="N"),
+    Setting("cascade_max_pending", "with --cascade-model: most prompts waiting for or in the cascade at once; "
+            "past it the classifier's answer stands", kind=INT, default=4, low=1, high=4096, flag="--cascade-max-pending",
+            key="cascade_max_pending", metavar="N"),
     Setting("metrics_listen", "serve Prometheus metrics over HTTP at `http://HOST:PORT/metrics`",
             nullable=True, flag="--metrics-listen", key="metrics_listen", metavar="HOST:PORT", default_doc="off",
             restart=True, validate=_address_check),
@@ -239,6 +251,11 @@ class RouterConfig:
     max_ejected_percent: int = 50
     max_attempts: int = 3
     failover_margin: float = 0.1
+    # The optional cascade (router_svc.cascade); None: off.
+    cascade_dir: str | None = None
+    cascade_below: float | None = None
+    cascade_threads: int = 1
+    cascade_max_pending: int = 4
     max_in_flight: int = 1024
     max_in_flight_per_expert: int = 0
     queue_size: int = 0

@@ -267,9 +267,12 @@ class Dispatcher:
             root = tracing.start_server_span(ROOT_SPAN, record.received)
         route, chosen = record.route, record.chosen
         if record.classify_end and chosen.score is not None:
-            tracing.span(root, "router.classify", record.classify_start, record.classify_end, offset, {
-                "expert_router.expert": chosen.expert, "expert_router.score": chosen.score,
-                "expert_router.source": chosen.source, "expert_router.classifier_version": chosen.classifier_version})
+            attributes = {"expert_router.expert": chosen.expert, "expert_router.score": chosen.score,
+                          "expert_router.source": chosen.source,
+                          "expert_router.classifier_version": chosen.classifier_version}
+            if chosen.cascade:  # the cascade model rescored the prompt (router_svc.cascade)
+                attributes["expert_router.cascade"] = chosen.cascade
+            tracing.span(root, "router.classify", record.classify_start, record.classify_end, offset, attributes)
         if record.admission_start:
             admitted = record.admission_end
             tracing.span(root, "router.admission", record.admission_start, admitted or record.ended, offset,

@@ -312,6 +312,8 @@ class HttpFrontDoor:
                        "x-classifier-version": route.classifier_version, REQUEST_ID_KEY: request_id}
             if route.score is not None:
                 headers["x-expert-score"] = f"{route.score:.6f}"
+            if route.cascade:
+                headers["x-expert-cascade"] = route.cascade
             if parsed.stream:
                 return await self._stream(request, record, parsed, call, frame, headers, chat=chat)
             return await self._whole(record, parsed, call, frame, headers, chat=chat)

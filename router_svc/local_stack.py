@@ -241,6 +241,7 @@ async def run_stack(args: argparse.Namespace) -> int:
         cfg = RouterConfig(
             experts=tuple(UpstreamExpert(e.name, (e.address,)) for e in experts),
             listen=f"{LOCAL_HOST}:{args.router_port}", classifier_dir=args.classifier,
+            cascade_dir=args.cascade_model,
             http_listen=f"{LOCAL_HOST}:{args.http_port}" if args.http_port else None,
         )
         router = await server.start(cfg)
@@ -281,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=1, help="llama.cpp threads per expert (default 1)")
     parser.add_argument("--max-concurrency", type=int, default=4, help="streams per expert (default 4)")
     parser.add_argument("--classifier", metavar="DIR", help="classifier artifact (default: packaged)")
+    parser.add_argument("--cascade-model", metavar="DIR",
+                        help="the router's optional cascade model (docs/configuration.md; default: off)")
     parser.add_argument("--router-port", type=int, default=LOCAL_ROUTER_PORT)
     parser.add_argument("--http-port", type=int, default=LOCAL_HTTP_PORT,
                         help=f"the router's OpenAI-compatible HTTP port (default {LOCAL_HTTP_PORT}; 0: off)")

@@ -32,6 +32,8 @@ log = logging.getLogger("router_svc.metrics")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 ITL_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56)
 CLASSIFY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
+# The cascade model costs milliseconds to tens of milliseconds per prompt, plus its queue.
+CASCADE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56)
 # Bucket upper bounds as Histogram stores them (the last is +Inf), for local counting.
 ITL_BOUNDS = (*ITL_BUCKETS, float("inf"))
 
@@ -108,6 +110,14 @@ class RouterMetrics:
         self.rejections = Counter("router_admission_rejections",
                                   "Requests refused with RESOURCE_EXHAUSTED by admission control", ["reason"],
                                   registry=r)
+        self.cascade_prompts = Counter(
+            "router_cascade_prompts",
+            "Low-confidence prompts sent to the cascade model (--cascade-model), by outcome: scored, "
+            "skipped_busy (its bound was reached: the fast answer stood), error (it failed: the fast answer stood)",
+            ["outcome"], registry=r)
+        self.cascade_latency = Histogram("router_cascade_seconds",
+                                         "Time to rescore one prompt with the cascade model (its queue included)",
+                                         buckets=CASCADE_BUCKETS, registry=r)
         self.reloads = Counter("router_config_reloads", "Configuration reloads, by result", ["result"],
                                registry=r)
         self._experts: dict[str, ExpertMetrics] = {}

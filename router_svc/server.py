@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, Counter
 from router_svc.admission import Admission, AdmissionLimits
 from router_svc.auth import TokenAuth, load_tokens
 from router_svc.batching import MicroBatcher
+from router_svc.cascade import CascadeModel, CascadeScorer
 from router_svc.config import RESTART_ONLY, ConfigError, RouterConfig, check_files, relay_threads
 from router_svc.metrics import MetricsServer, RouterMetrics
 from router_svc.native_relay import NativeRelay, choose_relay
@@ -83,16 +84,31 @@ def load_classifier(directory: str | None) -> ScoringClassifier:
     return Classifier.load(directory)
 
 
+def load_cascade(cfg: RouterConfig, labels: Sequence[str]) -> CascadeModel | None:
+    """The cascade model ``cfg`` names, checked against the classifier's ``labels`` (None: no cascade).
+
+    Raises CascadeError (a ValueError) naming the file and what is wrong: the start stops, a reload
+    keeps the running state.
+    """
+    if cfg.cascade_dir is None:
+        return None
+    return CascadeModel.load(cfg.cascade_dir, labels=labels, threads=cfg.cascade_threads)
+
+
 async def build_state(cfg: RouterConfig, classifier: ScoringClassifier, metrics: RouterMetrics, *,
-                      generation: int = 1, resolver=None) -> RouterState:
+                      generation: int = 1, resolver=None, cascade_model: CascadeModel | None = None) -> RouterState:
     """The reloadable parts for ``cfg``, with upstream health already being watched."""
     kwargs = {} if resolver is None else {"resolver": resolver}
     upstream = UpstreamPool(cfg.experts, settings=UpstreamSettings.from_config(cfg), metrics=metrics, **kwargs)
     batcher = MicroBatcher(classifier.predict_batch, max_batch=cfg.max_batch)
+    cascade = None
+    if cascade_model is not None:
+        cascade = CascadeScorer(cascade_model, threshold=cfg.cascade_below, max_pending=cfg.cascade_max_pending,
+                                metrics=metrics)
     chooser = ExpertChooser(classifier, batcher, experts=cfg.expert_names, fallback=cfg.fallback,
                             min_confidence=cfg.min_confidence, failover_margin=cfg.failover_margin,
-                            metrics=metrics)
-    state = RouterState(cfg, chooser, upstream, batcher, generation)
+                            metrics=metrics, cascade=cascade)
+    state = RouterState(cfg, chooser, upstream, batcher, generation, cascade)
     try:
         await upstream.start()
     except BaseException:
@@ -188,9 +204,14 @@ class RunningRouter:
             if self.auth is not None and cfg.auth_tokens is not None:
                 tokens = await asyncio.to_thread(load_tokens, cfg.auth_tokens)
             classifier = await asyncio.to_thread(self.classifier_factory, cfg.classifier_dir)
+            cascade_model = await asyncio.to_thread(load_cascade, cfg, classifier.labels)
             state = await build_state(cfg, classifier, self.metrics, generation=old.generation + 1,
-                                      resolver=self.resolver)
+                                      resolver=self.resolver, cascade_model=cascade_model)
             self.servicer.state = state
+            if state.cascade is not None:
+                log.info("%s", state.cascade.describe())
+            elif old.cascade is not None:
+                log.info("cascade off (no cascade_model in the new configuration)")
             if tokens is not None:
                 self.auth.replace(tokens)
                 log.info("token file reloaded: %d token(s)", len(tokens))
@@ -256,6 +277,7 @@ async def start(cfg: RouterConfig, *, classifier: ScoringClassifier | None = Non
     await asyncio.to_thread(check_files, cfg)
     metrics = RouterMetrics(registry)
     first = await asyncio.to_thread(classifier_factory, cfg.classifier_dir)
+    first_cascade = await asyncio.to_thread(load_cascade, cfg, first.labels)
     tracing = start_tracing(TRACE_SERVICE_NAME, cfg.otlp_endpoint, exporter=span_exporter)
     relay = choose_relay(cfg.relay)
     auth = token_auth(cfg, metrics)
@@ -266,7 +288,7 @@ async def start(cfg: RouterConfig, *, classifier: ScoringClassifier | None = Non
     native = None
     if relay == "native":
         # The Python server answers what the native server forwards, on a private socket.
-        state = await build_state(cfg, first, metrics, resolver=resolver)
+        state = await build_state(cfg, first, metrics, resolver=resolver, cascade_model=first_cascade)
         admission = Admission(AdmissionLimits.from_config(cfg))
         servicer = RouterServicer(state, admission, metrics, log_prompts=cfg.log_prompts, auth=auth,
                                   tracing=tracing)
@@ -288,7 +310,7 @@ async def start(cfg: RouterConfig, *, classifier: ScoringClassifier | None = Non
             port = 0
         if port == 0:
             raise BindError(f"cannot listen on {cfg.listen}: address in use or not available")
-        state = await build_state(cfg, first, metrics, resolver=resolver)
+        state = await build_state(cfg, first, metrics, resolver=resolver, cascade_model=first_cascade)
         admission = Admission(AdmissionLimits.from_config(cfg))
         servicer = RouterServicer(state, admission, metrics, log_prompts=cfg.log_prompts, tracing=tracing)
     server.add_generic_rpc_handlers((servicer.generic_handler(),))
@@ -341,6 +363,8 @@ async def start(cfg: RouterConfig, *, classifier: ScoringClassifier | None = Non
     log.info("router listening on %s; %s; experts: %s; %s%s", running.address, relay_text,
              ", ".join(f"{e.name}={e.describe()}" for e in cfg.experts), security,
              ", tokens required" if auth is not None else "")
+    if running.state.cascade is not None:
+        log.info("%s", running.state.cascade.describe())
     return running
 
 

@@ -27,6 +27,7 @@ import core
 from expert_router.v1 import expert_router_pb2 as pb
 from router_svc.admission import Admission
 from router_svc.batching import MicroBatcher
+from router_svc.cascade import CascadeScorer, combine
 from router_svc.config import RouterConfig
 from router_svc.dispatch import Attempt, CallRecord, Dispatcher
 from router_svc.errors import InvalidRequest, Rejected, UnknownExpert, abort_with
@@ -94,6 +95,8 @@ class Route:
     ranked: tuple[tuple[str, float], ...] = ()
     # The expert the classifier chose when this route replaces it (it had no healthy replica).
     failover_from: str | None = None
+    # The cascade model's version when it rescored the prompt (router_svc.cascade), else None.
+    cascade: str | None = None
 
     @property
     def source(self) -> str:
@@ -110,16 +113,23 @@ class Route:
         pairs.append(("x-expert-source", self.source))
         if self.failover_from:
             pairs.append(("x-expert-failover-from", self.failover_from))
+        if self.cascade:
+            pairs.append(("x-expert-cascade", self.cascade))
         return tuple(pairs)
 
 
 class ExpertChooser:
     """Scores prompts through the MicroBatcher (a lone short prompt inline once the model has
-    proved fast, concurrent ones batched in a thread) and decides the expert."""
+    proved fast, concurrent ones batched in a thread) and decides the expert.
+
+    With a cascade (``--cascade-model``), a prompt whose best fast score is below the cascade's
+    threshold is rescored by the cascade model in its own thread, and the two rows are combined
+    before the decision; when the cascade is busy or fails, the fast row decides alone.
+    """
 
     def __init__(self, classifier: ScoringClassifier, batcher: MicroBatcher, *, experts: Sequence[str],
                  fallback: str, min_confidence: float, failover_margin: float = 0.0,
-                 metrics: RouterMetrics | None = None) -> None:
+                 metrics: RouterMetrics | None = None, cascade: CascadeScorer | None = None) -> None:
         self.labels = tuple(classifier.labels)
         self.version = classifier.version
         self._batcher = batcher
@@ -129,20 +139,33 @@ class ExpertChooser:
         self._min_confidence = min_confidence
         self._failover_margin = failover_margin
         self._observe_classification = (metrics or RouterMetrics()).classification.observe
+        self.cascade = cascade
 
-    async def decide(self, text: str) -> core.Decision:
+    async def classify(self, text: str) -> tuple[core.Decision, str | None]:
+        """The decision for ``text``, and the cascade model's version when it rescored the prompt."""
         started = time.perf_counter()
         scores = await self._batcher.score(text)
         self._observe_classification(time.perf_counter() - started)
-        return core.decide(self.labels, scores, self._min_confidence, self._fallback, self._available)
+        cascade = self.cascade
+        rescored_by = None
+        if cascade is not None and cascade.wanted(scores):
+            slow = await cascade.score(text)
+            if slow is not None:
+                scores = combine(scores, slow, cascade.combination)
+                rescored_by = cascade.version
+        return core.decide(self.labels, scores, self._min_confidence, self._fallback, self._available), rescored_by
+
+    async def decide(self, text: str) -> core.Decision:
+        return (await self.classify(text))[0]
 
     async def route(self, request: pb.GenerateRequest) -> Route:
         if request.expert:
             if request.expert not in self._available:
                 raise UnknownExpert(request.expert, self._experts)
             return Route(request.expert, None, False, self.version)
-        decision = await self.decide(classification_text(request.prompt, request.messages))
-        return Route(decision.expert, decision.score, decision.fallback, self.version, decision.ranked)
+        decision, cascade = await self.classify(classification_text(request.prompt, request.messages))
+        return Route(decision.expert, decision.score, decision.fallback, self.version, decision.ranked,
+                     cascade=cascade)
 
     def candidates(self, route: Route) -> list[Route]:
         """``route`` first, then where to go if its expert has no healthy replica, in order.
@@ -161,11 +184,11 @@ class ExpertChooser:
                     continue
                 if score < route.score - self._failover_margin:
                     break  # ranked is sorted: every later score is lower still
-                chosen.append(Route(label, score, False, self.version, route.ranked, route.expert))
+                chosen.append(Route(label, score, False, self.version, route.ranked, route.expert, route.cascade))
                 seen.add(label)
         if self._fallback not in seen:
             score = dict(route.ranked).get(self._fallback, 0.0)
-            chosen.append(Route(self._fallback, score, True, self.version, route.ranked, route.expert))
+            chosen.append(Route(self._fallback, score, True, self.version, route.ranked, route.expert, route.cascade))
         return chosen
 
 
@@ -178,6 +201,8 @@ class RouterState:
     upstream: UpstreamPool
     batcher: MicroBatcher
     generation: int = 1
+    # The optional cascade (router_svc.cascade); the chooser holds the same object.
+    cascade: CascadeScorer | None = None
 
     def __post_init__(self) -> None:
         # Set while no call uses this generation: a replaced one closes on it (RunningRouter._retire).
@@ -205,6 +230,8 @@ class RouterState:
     async def close(self, grace: float | None = None) -> None:
         await self.upstream.close(grace)
         await self.batcher.close()
+        if self.cascade is not None:
+            await self.cascade.close()
 
 
 class RouterServicer:

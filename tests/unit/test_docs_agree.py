@@ -32,6 +32,7 @@ def metadata_keys() -> set[str]:
         Route("general", None, False, "v1"),
         Route("general", 0.2, True, "v1"),
         Route("law", 0.5, False, "v1", failover_from="math"),
+        Route("medicine", 0.6, False, "v1", cascade="minilm-lr-1"),
     ]
     keys = {key for route in routes for key, _ in route.metadata()}
     return keys | {REQUEST_ID_KEY}
@@ -39,7 +40,7 @@ def metadata_keys() -> set[str]:
 
 def test_the_metadata_keys_cover_every_route_kind() -> None:
     assert metadata_keys() == {"x-expert", "x-expert-score", "x-classifier-version", "x-expert-source",
-                               "x-expert-failover-from", "x-request-id"}
+                               "x-expert-failover-from", "x-expert-cascade", "x-request-id"}
 
 
 @pytest.mark.parametrize("key", sorted(metadata_keys()))
