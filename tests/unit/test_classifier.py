@@ -202,6 +202,39 @@ def test_cli_classify_reads_stdin_and_falls_back() -> None:
     assert all(r["fallback"] for r in records)
 
 
+@pytest.mark.slow
+def test_cli_classify_with_a_cascade_model_rescores_unsure_prompts(tmp_path: Path) -> None:
+    from tests.cascade_model import write_cascade_model
+
+    # "replace" and a threshold of 1.0: every prompt is rescored and the tiny model's answer decides.
+    cascade = write_cascade_model(tmp_path / "cascade", threshold=1.0, combination="replace")
+    result = subprocess.run([*_cli(), "classify", "--cascade-model", str(cascade),
+                             "poem about a birthday", "side effects of ibuprofen"],
+                            capture_output=True, text=True, timeout=60, cwd=ROOT, check=False)
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["expert"] for r in records] == ["general", "medicine"]
+    assert all(r["cascade"] == "tiny-bow-1" for r in records)
+    # A threshold no best score is below: the cascade is never asked, and the record says so.
+    kept = subprocess.run([*_cli(), "classify", "--cascade-model", str(cascade), "--cascade-below", "0.01",
+                           "side effects of ibuprofen"],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT, check=False)
+    assert kept.returncode == 0, kept.stderr
+    assert "cascade" not in json.loads(kept.stdout)
+
+
+@pytest.mark.slow
+def test_cli_classify_refuses_a_bad_cascade_model(tmp_path: Path) -> None:
+    from tests.cascade_model import write_cascade_model
+
+    cascade = write_cascade_model(tmp_path / "cascade")
+    (cascade / "model.onnx").write_bytes((cascade / "model.onnx").read_bytes()[:100])
+    result = subprocess.run([*_cli(), "classify", "--cascade-model", str(cascade), "hello"],
+                            capture_output=True, text=True, timeout=60, cwd=ROOT, check=False)
+    assert result.returncode == 1
+    assert "cannot load the cascade model" in result.stderr and "model.onnx" in result.stderr
+
+
 # --- artifact checks: corrupted, truncated or mismatched files -----------------------------------
 
 
