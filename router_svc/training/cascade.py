@@ -125,7 +125,7 @@ def render_cascade(choice: CascadeChoice, results: Sequence[CascadeResult], *, s
     """
     if exported is None:
         lines = [
-            "### Cascade: low-confidence prompts rescored by MiniLM + LR (measured in memory)",
+            "### Cascade: low-confidence prompts rescored by MiniLM + LR (measured, not built)",
             "",
             (f"A prompt whose best score from {fast_name} is below a threshold is sent to MiniLM + LR; "
              "its answer either replaces ours or is averaged with it. Combination and threshold were chosen "
