@@ -73,7 +73,7 @@ def build_metadata(directory: Path, *, labels: Sequence[str], max_length: int, p
     if len(set(labels)) != len(labels) or not labels:
         raise ValueError(f"labels must be distinct and non-empty, got {list(labels)}")
     files = {name: file_sha256(Path(directory) / name) for name in (MODEL_FILE, TOKENIZER_FILE)}
-    day = (today or _dt.datetime.now(_dt.timezone.utc).date()).strftime("%Y%m%d")
+    day = (today or _dt.datetime.now(_dt.UTC).date()).strftime("%Y%m%d")
     metadata: dict[str, Any] = {
         "format": FORMAT,
         "version": f"{version_prefix}-{day}-{files[MODEL_FILE][:8]}",
@@ -217,6 +217,27 @@ def load_onnx_scorer(model_path: Path, tokenizer_path: Path, *, max_length: int,
         return np.concatenate(outputs, axis=0)
 
     return score
+
+
+#: The INT8 graph cannot match float32 within VERIFY_TOLERANCE (its weights are rounded); written
+#: instead, it must give finite probabilities summing to 1 and the float32 graph's answer on at least
+#: this share of the verification texts (the validation measurement saw ~96%): a guard against a
+#: broken quantization, its accuracy being judged by the INT8 rule.
+INT8_MIN_AGREEMENT = 0.9
+
+
+def check_quantized(float_probabilities: np.ndarray, int8_probabilities: np.ndarray) -> tuple[bool, str]:
+    """(ok, description) of the INT8 graph's probabilities against the float32 graph's on the same texts."""
+    reference, candidate = np.asarray(float_probabilities), np.asarray(int8_probabilities)
+    if reference.shape != candidate.shape or reference.ndim != 2 or reference.shape[0] == 0:
+        return False, f"shapes differ: {reference.shape} and {candidate.shape}"
+    if not np.isfinite(candidate).all():
+        return False, "the INT8 graph returned non-finite probabilities"
+    worst_sum = float(np.abs(candidate.sum(axis=1) - 1.0).max())
+    agreement = float((reference.argmax(axis=1) == candidate.argmax(axis=1)).mean())
+    description = (f"{reference.shape[0]} texts: same answer as float32 on {agreement:.2%} (at least "
+                   f"{INT8_MIN_AGREEMENT:.0%} needed), rows sum to 1 within {worst_sum:.1e}")
+    return worst_sum <= VERIFY_TOLERANCE and agreement >= INT8_MIN_AGREEMENT, description
 
 
 def choose_max_length(cascade_accuracy: Mapping[int, float]) -> int:

@@ -173,12 +173,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             best, best_state = (row, choice), copy.deepcopy(module.state_dict())
 
     row, choice = best
-    margin = 100 * (row["cascade_accuracy"] - float(baseline["validation"]["cascade_accuracy"]))
+    # MiniLM + LR as float32 and as INT8 were both measured on validation; the better one is the bar.
+    int8 = baseline.get("int8", {})
+    bar = max([float(baseline["validation"]["cascade_accuracy"])]
+              + [float(int8[k]["cascade_accuracy"]) for k in ("float32", "int8") if k in int8])
+    report["bar_cascade_accuracy"] = bar
+    margin = 100 * (row["cascade_accuracy"] - bar)
     adopted = margin >= ADOPTION_MARGIN_POINTS - 1e-9
     report.update(chosen_epoch=row["epoch"], margin_points=round(margin, 2), adopted=adopted,
                   total_seconds=round(time.perf_counter() - started, 1))
     print(f"chosen epoch {row['epoch']}: cascade validation {row['cascade_accuracy']:.4f} against MiniLM + LR's "
-          f"{baseline['validation']['cascade_accuracy']:.4f} ({margin:+.2f} points): "
+          f"{bar:.4f} ({margin:+.2f} points): "
           + ("adopted" if adopted else "not adopted"))
     if adopted:
         # Scored once, with the model trained without the validation split and the chosen cascade.

@@ -52,8 +52,8 @@ def test_metadata_follows_the_contract_and_digests_the_files(tmp_path: Path) -> 
 ])
 def test_metadata_refuses_what_the_contract_forbids(tmp_path: Path, change: dict, message: str) -> None:
     _write_files(tmp_path)
-    arguments = dict(labels=LABELS, max_length=128, pad_id=0, combination="average", threshold=0.9,
-                     description="tiny")
+    arguments = {"labels": LABELS, "max_length": 128, "pad_id": 0, "combination": "average", "threshold": 0.9,
+                 "description": "tiny"}
     with pytest.raises(ValueError, match=message):
         cm.build_metadata(tmp_path, **{**arguments, **change})
 
@@ -285,3 +285,16 @@ def test_evaluation_scores_only_cascaded_prompts_with_the_exported_model(tmp_pat
     with pytest.raises(SystemExit, match="labels"):
         _measure_exported_cascade(tmp_path, ("math", "code", "general"), (fast, fast), (texts, texts),
                                   (truth, ["s"] * 4), (truth, ["s"] * 4), fast_name="fast", fast_latency_us=1.0)
+
+
+def test_int8_check_wants_finite_normalised_rows_that_mostly_agree() -> None:
+    reference = np.tile([[0.7, 0.2, 0.1]], (10, 1))
+    close = reference.copy()
+    close[0] = [0.3, 0.6, 0.1]  # one answer in ten changes: 90% agreement is enough
+    assert cm.check_quantized(reference, close)[0]
+    close[1] = [0.3, 0.6, 0.1]
+    ok, described = cm.check_quantized(reference, close)
+    assert not ok and "80.00%" in described
+    assert not cm.check_quantized(reference, reference * 1.01)[0]  # rows no longer sum to 1
+    assert not cm.check_quantized(reference, np.full_like(reference, np.nan))[0]
+    assert not cm.check_quantized(reference, reference[:5])[0]
