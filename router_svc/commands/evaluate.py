@@ -181,9 +181,8 @@ def _measure_exported_cascade(directory: Path, labels, ours, texts, held_out_tru
     size = (directory / cm.MODEL_FILE).stat().st_size
     lines = render_cascade(choice, results, slow_latency_ms=latency.median_ms, fast_latency_us=fast_latency_us,
                            fast_name=fast_name, exported=f"`{metadata['version']}`")
-    lines.insert(-1, (f"The cascade model: `{directory}`, model.onnx {size / 1e6:.1f} MB, max_length "
-                      f"{metadata['max_length']}; batch-1 latency over the first {latency.prompts} held-out "
-                      f"prompts on one thread: median {latency.median_ms:.1f} ms, p90 {latency.p90_ms:.1f} ms. "
-                      f"{metadata.get('description', '')}."))
-    lines.insert(-1, "")
+    lines += [(f"The cascade model: `{directory}`, model.onnx {size / 1e6:.1f} MB"
+               f"{' (INT8)' if metadata.get('quantized') else ''}, max_length {metadata['max_length']}; "
+               f"batch-1 latency over the first {latency.prompts} held-out prompts on one thread: median "
+               f"{latency.median_ms:.1f} ms, p90 {latency.p90_ms:.1f} ms. {metadata.get('description', '')}."), ""]
     return lines
