@@ -17,7 +17,7 @@ BUILD_INPUTS := pyproject.toml setup.py $(wildcard core/*.pyx) $(wildcard protos
 # otherwise the build goes on without the native relay and says so.
 NATIVE_PACKAGES := libgrpc++-dev protobuf-compiler-grpc pkg-config g++
 
-.PHONY: install native-deps protos build run test test-fast config-docs bench bench-classifier fuzz soak train-router eval-router debian-data-lists build-engines lint clean
+.PHONY: install native-deps protos build run test test-fast config-docs bench bench-classifier fuzz soak train-router train-cascade eval-router debian-data-lists build-engines lint clean
 
 install: $(STAMP)
 
@@ -90,9 +90,17 @@ train-router: install debian-data-lists
 	$(PIP) install -e '.[cpu,dev,train]'
 	HF_HUB_OFFLINE=1 $(PY) -m router_svc.cli train
 
+# The optional cascade model (MiniLM + LR in ONNX) for `--cascade-model`; not part of train-router,
+# whose time budget it would exceed. CASCADE_OUT: where to write it.
+CASCADE_OUT ?= build/cascade
+train-cascade: install debian-data-lists
+	$(PIP) install -e '.[cpu,dev,train]'
+	HF_HUB_OFFLINE=1 $(PY) -m router_svc.cli train-cascade --out $(CASCADE_OUT)
+
+# CASCADE_MODEL=DIR: measure the cascade with that exported model (onnxruntime) instead of in memory.
 eval-router: install debian-data-lists
 	$(PIP) install -e '.[cpu,dev,train]'
-	$(PY) -m router_svc.cli eval --previous-artifact benchmarks/previous_classifier
+	$(PY) -m router_svc.cli eval --previous-artifact benchmarks/previous_classifier $(if $(CASCADE_MODEL),--cascade-model $(CASCADE_MODEL),)
 
 # STAGES=1: the checkpoints only (no TensorRT-LLM needed); ModelOpt comes from the `gpu` extra on a
 # GPU machine or the `quantization` extra elsewhere.

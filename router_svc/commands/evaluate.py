@@ -19,6 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-cascade", action="store_true",
                         help="do not measure the MiniLM cascade (it refits our model without the "
                              "validation split, minutes)")
+    parser.add_argument("--cascade-model", type=Path, default=None, metavar="DIR",
+                        help="measure the cascade with this exported cascade model (`expert-router "
+                             "train-cascade`; onnxruntime) instead of MiniLM + LR in memory")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -88,7 +91,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"MiniLM baseline not run: {exc}")
 
     cascade_lines = None
-    if baseline is not None and not args.skip_cascade:
+    if args.cascade_model is not None and not args.skip_cascade:
+        cascade_lines = _measure_exported_cascade(
+            args.cascade_model, labels, probabilities["ours"], (texts, ext_texts), (y_true, test_sources),
+            (ext_true, ext_sources), fast_name=f"ours ({classifier.version})", fast_latency_us=timing.median_us)
+    elif baseline is not None and not args.skip_cascade:
         cascade_lines = _measure_cascade(
             train, validation, metadata, labels, baseline, probabilities["ours"],
             (y_true, test_sources), (ext_true, ext_sources), fast_name=f"ours ({classifier.version})",
@@ -134,3 +141,48 @@ def _measure_cascade(train, validation, metadata, labels, baseline, ours, held_o
                       for r in results))
     return render_cascade(choice, results, slow_latency_ms=baseline.latency_us_median / 1000,
                           fast_latency_us=fast_latency_us, fast_name=fast_name)
+
+
+def _measure_exported_cascade(directory: Path, labels, ours, texts, held_out_truth, external_truth, *,
+                              fast_name: str, fast_latency_us: float) -> list[str]:
+    """The cascade as a deployment runs it: the exported model's onnxruntime probabilities, its
+    recorded combination and threshold, its batch-1 cost; Markdown lines.
+
+    Only the prompts the cascade sends on are scored by the slow model, as in the router.
+    """
+    import numpy as np
+
+    from router_svc.training import cascade_model as cm
+    from router_svc.training.cascade import evaluate_cascade, render_cascade
+
+    metadata = cm.read_metadata(directory)
+    if list(metadata["labels"]) != list(labels):
+        raise SystemExit(f"{directory / cm.METADATA_FILE}: labels {metadata['labels']} are not the "
+                         f"classifier's {list(labels)}")
+    choice = cm.choice_from_metadata(metadata)
+    score = cm.load_onnx_scorer(directory / cm.MODEL_FILE, directory / cm.TOKENIZER_FILE,
+                                max_length=int(metadata["max_length"]), pad_id=int(metadata["pad_id"]), threads=1)
+    slow = []
+    for fast, set_texts in zip(ours, texts):
+        probabilities = np.array(fast, dtype=np.float64, copy=True)
+        sent = np.flatnonzero(probabilities.max(axis=1) < choice.threshold)
+        if sent.size:
+            probabilities[sent] = score([set_texts[i] for i in sent])
+        slow.append(probabilities)
+    results = [
+        evaluate_cascade("MMLU + HumanEval held-out", ours[0], slow[0], *held_out_truth, choice),
+        evaluate_cascade("external set", ours[1], slow[1], *external_truth, choice),
+    ]
+    latency = cm.time_batch_of_one({"onnxruntime": score}, list(texts[0][:200]))["onnxruntime"]
+    print(f"cascade ({metadata['version']}): {choice.combination} below {choice.threshold:.2f}; "
+          + "; ".join(f"{r.set_name} {r.accuracy_fast:.4f} -> {r.accuracy:.4f} ({r.fraction:.1%} cascaded)"
+                      for r in results)
+          + f"; onnxruntime batch-1 median {latency.median_ms:.1f} ms, p90 {latency.p90_ms:.1f} ms")
+    size = (directory / cm.MODEL_FILE).stat().st_size
+    lines = render_cascade(choice, results, slow_latency_ms=latency.median_ms, fast_latency_us=fast_latency_us,
+                           fast_name=fast_name, exported=f"`{metadata['version']}`")
+    lines += [(f"The cascade model: `{directory}`, model.onnx {size / 1e6:.1f} MB"
+               f"{' (INT8)' if metadata.get('quantized') else ''}, max_length {metadata['max_length']}; "
+               f"batch-1 latency over the first {latency.prompts} held-out prompts on one thread: median "
+               f"{latency.median_ms:.1f} ms, p90 {latency.p90_ms:.1f} ms. {metadata.get('description', '')}."), ""]
+    return lines

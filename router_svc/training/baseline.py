@@ -11,6 +11,7 @@ import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -59,13 +60,50 @@ def embed(encoder, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
                           normalize_embeddings=True, show_progress_bar=False)
 
 
+@dataclass(frozen=True)
+class FittedHead:
+    """The baseline's logistic regression: C chosen on (fit, validation), then refitted on train."""
+
+    C: float
+    #: fitted on the fit part alone with the chosen C (out-of-sample on the validation split)
+    validation_model: Any
+    validation_probabilities: np.ndarray
+    #: refitted on the whole training split (fit + validation) with the chosen C
+    model: Any
+
+
+def fit_head(fit_x: np.ndarray, fit_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray,
+             train_x: np.ndarray, train_y: np.ndarray, *, seed: int = 0) -> FittedHead:
+    """Chooses C in ``BASELINE_C_GRID`` by validation accuracy (first best wins), refits on train.
+
+    Shared by the baseline of `expert-router eval` and the exported cascade model of
+    `expert-router train-cascade`, so the two are the same model.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    best_c, best_acc, best_model, validation_probabilities = BASELINE_C_GRID[0], -1.0, None, None
+    for c in BASELINE_C_GRID:
+        model = LogisticRegression(C=c, max_iter=2000, random_state=seed).fit(fit_x, fit_y)
+        probabilities = model.predict_proba(val_x)
+        acc = float((probabilities.argmax(axis=1) == val_y).mean())
+        if acc > best_acc:
+            best_c, best_acc, best_model, validation_probabilities = c, acc, model, probabilities
+    model = LogisticRegression(C=best_c, max_iter=2000, random_state=seed).fit(train_x, train_y)
+    return FittedHead(C=best_c, validation_model=best_model,
+                      validation_probabilities=validation_probabilities, model=model)
+
+
+def expert_indices(examples: Sequence[Example]) -> np.ndarray:
+    """Each example's label as its index in ``EXPERTS`` (the baseline's class order)."""
+    return np.array([EXPERTS.index(e.label) for e in examples])
+
+
 def run_baseline(fit: Sequence[Example], validation: Sequence[Example], train: Sequence[Example],
                  test: Sequence[Example], *, text_format: str = "question", seed: int = 0,
                  latency_prompts: Sequence[str] = (), threads: int = 1,
                  extra_texts: Sequence[str] = ()) -> BaselineResult:
     """Tunes C on (fit, validation), refits on train, scores test; times the whole pipeline."""
     import torch
-    from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import accuracy_score, f1_score
 
     # One thread, like the router's classifier, so the latency comparison is like for like.
@@ -81,22 +119,14 @@ def run_baseline(fit: Sequence[Example], validation: Sequence[Example], train: S
     fit_x = train_x[[position[id(e)] for e in fit]]
     val_x = train_x[[position[id(e)] for e in validation]]
 
-    def labels(examples: Sequence[Example]) -> np.ndarray:
-        return np.array([EXPERTS.index(e.label) for e in examples])
-
-    best_c, best_acc, validation_probabilities = BASELINE_C_GRID[0], -1.0, None
-    for c in BASELINE_C_GRID:
-        model = LogisticRegression(C=c, max_iter=2000, random_state=seed).fit(fit_x, labels(fit))
-        probabilities = model.predict_proba(val_x)
-        acc = accuracy_score(labels(validation), probabilities.argmax(axis=1))
-        if acc > best_acc:
-            best_c, best_acc, validation_probabilities = c, acc, probabilities
-    model = LogisticRegression(C=best_c, max_iter=2000, random_state=seed).fit(train_x, labels(train))
+    head = fit_head(fit_x, expert_indices(fit), val_x, expert_indices(validation), train_x,
+                    expert_indices(train), seed=seed)
+    best_c, model, validation_probabilities = head.C, head.model, head.validation_probabilities
     test_probabilities = model.predict_proba(test_x)
     predictions = test_probabilities.argmax(axis=1)
     extra_probabilities = (model.predict_proba(embed(encoder, list(extra_texts))) if extra_texts
                            else None)
-    y_test = labels(test)
+    y_test = expert_indices(test)
 
     prompts = list(latency_prompts) or [e.prompt(text_format) for e in test[:200]]
     single = []

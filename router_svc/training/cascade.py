@@ -116,21 +116,40 @@ def worth_building(held_out: CascadeResult, external: CascadeResult) -> bool:
 
 
 def render_cascade(choice: CascadeChoice, results: Sequence[CascadeResult], *, slow_latency_ms: float,
-                   fast_latency_us: float, fast_name: str) -> list[str]:
+                   fast_latency_us: float, fast_name: str, exported: str | None = None) -> list[str]:
     """Markdown: how the cascade was chosen, its gain per set and source, its cost, the verdict.
 
-    ``results``: the MMLU held-out split first, the external set last.
+    ``results``: the MMLU held-out split first, the external set last. ``exported``: the cascade
+    model directory (and version) whose onnxruntime probabilities were scored, or None when the
+    slow model's probabilities are torch's, in memory.
     """
-    lines = [
-        "### Cascade: low-confidence prompts rescored by MiniLM + LR (measured, not built)",
-        "",
-        (f"A prompt whose best score from {fast_name} is below a threshold is sent to MiniLM + LR; "
-         "its answer either replaces ours or is averaged with it. Combination and threshold were chosen "
-         "on the validation split (both models fitted without it; ours with the artifact's own "
-         f"hyperparameters and temperature): the best validation accuracy among settings cascading at "
-         f"most {MAX_CASCADED_FRACTION:.0%} of the prompts (`router_svc/training/cascade.py`), then "
-         "applied unchanged to the packaged models' scores on the two test sets."),
-        "",
+    if exported is None:
+        lines = [
+            "### Cascade: low-confidence prompts rescored by MiniLM + LR (measured, not built)",
+            "",
+            (f"A prompt whose best score from {fast_name} is below a threshold is sent to MiniLM + LR; "
+             "its answer either replaces ours or is averaged with it. Combination and threshold were chosen "
+             "on the validation split (both models fitted without it; ours with the artifact's own "
+             f"hyperparameters and temperature): the best validation accuracy among settings cascading at "
+             f"most {MAX_CASCADED_FRACTION:.0%} of the prompts (`router_svc/training/cascade.py`), then "
+             "applied unchanged to the packaged models' scores on the two test sets."),
+            "",
+        ]
+        runtime = "torch"
+    else:
+        lines = [
+            f"### Cascade: low-confidence prompts rescored by the exported cascade model {exported}",
+            "",
+            (f"A prompt whose best score from {fast_name} is below the threshold recorded in the cascade "
+             "model's cascade.json is rescored by that model's ONNX graph (onnxruntime and `tokenizers`, as "
+             "the router's `--cascade-model` runs it); its answer replaces ours or is averaged with it as "
+             "recorded. `expert-router train-cascade` chose combination and threshold on the validation "
+             f"split (both models fitted without it): the best validation accuracy among settings cascading "
+             f"at most {MAX_CASCADED_FRACTION:.0%} of the prompts; nothing was chosen on the two test sets."),
+            "",
+        ]
+        runtime = "onnxruntime, tokenization included"
+    lines += [
         (f"Chosen: **{choice.combination}** below **{choice.threshold:.2f}**: validation accuracy "
          f"{choice.validation_accuracy_fast:.4f} → {choice.validation_accuracy:.4f}, "
          f"{choice.validation_fraction:.1%} of validation prompts cascaded."),
@@ -146,7 +165,7 @@ def render_cascade(choice: CascadeChoice, results: Sequence[CascadeResult], *, s
     lines += [
         "",
         (f"Cost: each cascaded prompt adds MiniLM + LR's measured batch-1 latency (median "
-         f"{slow_latency_ms:.1f} ms on one CPU thread, torch) to ours ({fast_latency_us:.1f} µs); "
+         f"{slow_latency_ms:.1f} ms on one CPU thread, {runtime}) to ours ({fast_latency_us:.1f} µs); "
          "on average per prompt that is the fraction cascaded times that latency: "
          + ", ".join(f"{r.set_name} {r.fraction * slow_latency_ms:.2f} ms" for r in results) + "."),
         "",

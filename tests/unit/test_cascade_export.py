@@ -1,0 +1,333 @@
+"""The cascade model directory's producer side: metadata, digests, class order, verification, scoring.
+
+Everything except the last section runs without torch: the onnxruntime scorer is exercised on a
+small graph built with onnx.helper and a word-level tokenizer built with `tokenizers`. The last
+section exports a tiny randomly initialised BERT through the real exporter (skipped without torch
+and transformers; `make test` installs both).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from router_svc.training import cascade_model as cm
+
+LABELS = ("code", "math", "science", "medicine", "law", "general")
+
+
+def _write_files(directory: Path) -> None:
+    (directory / cm.MODEL_FILE).write_bytes(b"not really onnx")
+    (directory / cm.TOKENIZER_FILE).write_text("{}", encoding="utf-8")
+
+
+def test_metadata_follows_the_contract_and_digests_the_files(tmp_path: Path) -> None:
+    _write_files(tmp_path)
+    metadata = cm.build_metadata(tmp_path, labels=LABELS, max_length=128, pad_id=0, combination="average",
+                                 threshold=0.9, description="tiny", extra={"validation": {"rows": []}},
+                                 today=dt.date(2026, 12, 2))
+    model_digest = hashlib.sha256(b"not really onnx").hexdigest()
+    assert metadata["format"] == "expert-router-cascade/1"
+    assert metadata["files"] == {"model.onnx": model_digest, "tokenizer.json": hashlib.sha256(b"{}").hexdigest()}
+    assert metadata["version"] == f"minilm-lr-20261202-{model_digest[:8]}"
+    assert metadata["labels"] == list(LABELS) and metadata["max_length"] == 128 and metadata["pad_id"] == 0
+    assert (metadata["combination"], metadata["threshold"]) == ("average", 0.9)
+    assert metadata["validation"] == {"rows": []}
+    cm.write_metadata(tmp_path, metadata)
+    assert json.loads((tmp_path / "cascade.json").read_text(encoding="utf-8")) == metadata
+    assert cm.read_metadata(tmp_path) == metadata
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"combination": "vote"}, "combination"),
+    ({"threshold": 0.0}, "threshold"),
+    ({"threshold": 1.5}, "threshold"),
+    ({"max_length": 4}, "max_length"),
+    ({"labels": ("code", "code")}, "labels"),
+    ({"extra": {"threshold": 0.5}}, "overwrite"),
+])
+def test_metadata_refuses_what_the_contract_forbids(tmp_path: Path, change: dict, message: str) -> None:
+    _write_files(tmp_path)
+    arguments = {"labels": LABELS, "max_length": 128, "pad_id": 0, "combination": "average", "threshold": 0.9,
+                 "description": "tiny"}
+    with pytest.raises(ValueError, match=message):
+        cm.build_metadata(tmp_path, **{**arguments, **change})
+
+
+def test_reading_refuses_a_changed_file_and_names_it(tmp_path: Path) -> None:
+    _write_files(tmp_path)
+    cm.write_metadata(tmp_path, cm.build_metadata(tmp_path, labels=LABELS, max_length=128, pad_id=0,
+                                                  combination="replace", threshold=0.5, description="tiny"))
+    (tmp_path / cm.TOKENIZER_FILE).write_text("{ }", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"tokenizer\.json: sha256 .* differs"):
+        cm.read_metadata(tmp_path)
+    (tmp_path / cm.TOKENIZER_FILE).unlink()
+    with pytest.raises(ValueError, match=r"tokenizer\.json: missing"):
+        cm.read_metadata(tmp_path)
+
+
+def test_reading_refuses_an_unknown_format(tmp_path: Path) -> None:
+    (tmp_path / "cascade.json").write_text(json.dumps({"format": "expert-router-cascade/2"}), encoding="utf-8")
+    with pytest.raises(ValueError, match="format"):
+        cm.read_metadata(tmp_path)
+    (tmp_path / "cascade.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(ValueError, match="JSON"):
+        cm.read_metadata(tmp_path)
+
+
+def test_head_rows_follow_the_router_labels_whatever_the_training_order() -> None:
+    training_order = ("general", "code", "math")
+    coef = np.array([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]])  # rows by classes [0, 1, 2] = general, code, math
+    weight, bias = cm.head_in_label_order(coef, np.array([10.0, 20.0, 30.0]), [0, 1, 2], training_order,
+                                          ("code", "math", "general"))
+    assert weight[:, 0].tolist() == [2.0, 3.0, 1.0] and bias.tolist() == [20.0, 30.0, 10.0]
+    assert weight.dtype == np.float32
+    with pytest.raises(ValueError, match="not the labels"):
+        cm.head_in_label_order(coef, np.zeros(3), [0, 1, 2], training_order, ("code", "math", "law"))
+    columns = cm.columns_in_label_order(np.array([[0.1, 0.2, 0.7]]), training_order, ("code", "math", "general"))
+    assert columns.tolist() == [[0.2, 0.7, 0.1]]
+
+
+def test_comparison_passes_only_within_tolerance() -> None:
+    reference = np.array([[0.7, 0.3], [0.4, 0.6]])
+    assert cm.compare_probabilities(reference, reference + 5e-5).ok
+    far = cm.compare_probabilities(reference, reference + np.array([[0.0, 0.0], [2e-4, -2e-4]]))
+    assert not far.ok and far.max_abs_diff == pytest.approx(2e-4)
+    flipped = cm.compare_probabilities(reference, reference[:, ::-1])
+    assert not flipped.ok and flipped.argmax_agreement == 0.0
+    assert not cm.compare_probabilities(reference, np.full_like(reference, np.nan)).ok
+    assert not cm.compare_probabilities(reference, reference[:1]).ok
+    assert "2 texts" in cm.compare_probabilities(reference, reference).describe()
+
+
+def test_padding_is_right_aligned_with_the_pad_id() -> None:
+    input_ids, mask = cm.pad_batch([[5, 6, 7], [8]], pad_id=3)
+    assert input_ids.tolist() == [[5, 6, 7], [8, 3, 3]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert input_ids.dtype == np.int64 and mask.dtype == np.int64
+    with pytest.raises(ValueError):
+        cm.pad_batch([], pad_id=0)
+
+
+def test_max_length_rule_prefers_accuracy_then_the_shorter() -> None:
+    assert cm.choose_max_length({128: 0.9130, 256: 0.9133}) == 256
+    assert cm.choose_max_length({128: 0.9133, 256: 0.9133}) == 128
+    with pytest.raises(ValueError):
+        cm.choose_max_length({})
+
+
+def test_int8_rule_needs_both_small_loss_and_large_speedup() -> None:
+    assert cm.adopt_int8(0.9133, 0.9103, 10.0, 7.5)       # -0.3 point, -25%: both at the limit
+    assert not cm.adopt_int8(0.9133, 0.9100, 10.0, 5.0)   # -0.33 point
+    assert not cm.adopt_int8(0.9133, 0.9140, 10.0, 7.6)   # only 24% faster
+
+
+def test_choice_is_rebuilt_from_the_recorded_validation() -> None:
+    metadata = {"combination": "average", "threshold": 0.9,
+                "validation": {"router_accuracy": 0.90, "cascade_accuracy": 0.91, "fraction_cascaded": 0.28,
+                               "rows": [["average", 0.9, 0.91, 0.28], ["replace", 0.9, 0.89, 0.28]]}}
+    choice = cm.choice_from_metadata(metadata)
+    assert (choice.combination, choice.threshold, choice.validation_accuracy_fast) == ("average", 0.9, 0.90)
+    assert choice.rows[1] == ("replace", 0.9, 0.89, 0.28)
+
+
+def test_latency_is_timed_per_text_for_every_scorer() -> None:
+    calls: dict[str, list[int]] = {"a": [], "b": []}
+
+    def scorer(name: str):
+        def score(texts):
+            calls[name].append(len(texts))
+            return np.zeros((len(texts), 2))
+        return score
+
+    result = cm.time_batch_of_one({"a": scorer("a"), "b": scorer("b")}, ["x", "y", "z"], warmup=1)
+    assert calls == {"a": [1] * 4, "b": [1] * 4}  # one warm-up text, then each text alone
+    assert result["a"].prompts == 3 and result["a"].median_ms >= 0.0 and result["b"].p90_ms >= 0.0
+
+
+# --- onnxruntime + tokenizers on a small hand-built graph --------------------------------------------
+
+def _bag_of_words_graph(path: Path, table: np.ndarray) -> None:
+    """probabilities = softmax(sum over unmasked tokens of table[token]): the contract's interface."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [
+        helper.make_node("Gather", ["table", "input_ids"], ["rows"]),
+        helper.make_node("Cast", ["attention_mask"], ["mask_f"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["mask_f", "axis_last"], ["mask_3d"]),
+        helper.make_node("Mul", ["rows", "mask_3d"], ["masked"]),
+        helper.make_node("ReduceSum", ["masked", "axis_seq"], ["summed"], keepdims=0),
+        helper.make_node("Softmax", ["summed"], ["probabilities"], axis=-1),
+    ]
+    graph = helper.make_graph(
+        nodes, "bag_of_words",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"]),
+         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "sequence"])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", table.shape[1]])],
+        initializer=[numpy_helper.from_array(table.astype(np.float32), "table"),
+                     numpy_helper.from_array(np.array([-1], dtype=np.int64), "axis_last"),
+                     numpy_helper.from_array(np.array([1], dtype=np.int64), "axis_seq")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+def _word_tokenizer(path: Path, words: list[str]) -> dict[str, int]:
+    tokenizers = pytest.importorskip("tokenizers")
+    vocabulary = {"[PAD]": 0, "[UNK]": 1, **{w: i + 2 for i, w in enumerate(words)}}
+    tokenizer = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocabulary, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    # Settings the contract says the consumer ignores: the scorer must override them.
+    tokenizer.enable_truncation(2)
+    tokenizer.enable_padding(pad_id=0, pad_token="[PAD]", length=16)
+    tokenizer.save(str(path))
+    return vocabulary
+
+
+def test_scorer_truncates_pads_and_masks_as_the_contract_says(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    words = ["alpha", "beta", "gamma", "delta"]
+    vocabulary = _word_tokenizer(tmp_path / "tokenizer.json", words)
+    table = np.zeros((len(vocabulary), 3), dtype=np.float32)
+    table[0] = [50.0, 0.0, 0.0]  # the pad row: any padding that leaks through shows up in column 0
+    table[vocabulary["alpha"]] = [0.0, 1.0, 0.0]
+    table[vocabulary["beta"]] = [0.0, 0.0, 1.0]
+    table[vocabulary["gamma"]] = [0.0, 0.0, 3.0]
+    _bag_of_words_graph(tmp_path / "model.onnx", table)
+    score = cm.load_onnx_scorer(tmp_path / "model.onnx", tmp_path / "tokenizer.json", max_length=3, pad_id=0,
+                                batch_size=2)
+
+    def softmax(logits):
+        e = np.exp(np.asarray(logits) - max(logits))
+        return e / e.sum()
+
+    alone = score(["alpha"])
+    batched = score(["alpha", "alpha beta gamma", "beta"])  # two batches; "alpha" padded to 3 tokens
+    assert batched.shape == (3, 3) and batched.dtype == np.float32
+    np.testing.assert_allclose(alone[0], softmax([0.0, 1.0, 0.0]), atol=1e-6)
+    np.testing.assert_allclose(batched[0], alone[0], atol=1e-6)  # padding masked out
+    np.testing.assert_allclose(batched[1], softmax([0.0, 1.0, 4.0]), atol=1e-6)  # not the file's truncation (2)
+    truncated = score(["alpha beta gamma gamma"])  # max_length 3: the fourth word is cut
+    np.testing.assert_allclose(truncated[0], batched[1], atol=1e-6)
+    assert score([]).shape == (0, 3)
+
+
+# --- the real exporter on a tiny BERT -----------------------------------------------------------------
+
+@pytest.mark.slow
+def test_exported_graph_matches_torch_and_the_contract(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch", reason="the export needs torch (make test installs it)")
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("onnxruntime")
+    from router_svc.training.cascade_export import EmbeddingClassifier, export_onnx
+
+    words = [f"w{i}" for i in range(20)]
+    vocabulary = _word_tokenizer(tmp_path / "tokenizer.json", words)
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=len(vocabulary), hidden_size=16, num_hidden_layers=2,
+                                     num_attention_heads=2, intermediate_size=32, max_position_embeddings=64)
+    encoder = transformers.BertModel(config).eval()
+    rng = np.random.default_rng(0)
+    weight, bias = rng.normal(size=(len(LABELS), 16)).astype(np.float32), rng.normal(size=len(LABELS))
+    module = EmbeddingClassifier(encoder, weight, bias).eval()
+    export_onnx(module, tmp_path / "model.onnx", vocab_size=len(vocabulary))
+
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert [(i.name, i.type) for i in session.get_inputs()] == [("input_ids", "tensor(int64)"),
+                                                               ("attention_mask", "tensor(int64)")]
+    assert [(o.name, o.type, o.shape[1]) for o in session.get_outputs()] == [("probabilities", "tensor(float)", 6)]
+    assert all(isinstance(i.shape[0], str) and isinstance(i.shape[1], str) for i in session.get_inputs())
+
+    texts = ["w1 w2 w3", "w4", "w5 w6 w7 w8 w9 w10 w11 w12 w13 w14", "w3 w3"]
+    score = cm.load_onnx_scorer(tmp_path / "model.onnx", tmp_path / "tokenizer.json", max_length=12, pad_id=0,
+                                batch_size=4)
+    exported = score(texts)
+    with torch.no_grad():
+        expected = []
+        for text in texts:  # torch, one text at a time and unpadded
+            ids = torch.tensor([[vocabulary[w] for w in text.split()][:12]])
+            expected.append(module(ids, torch.ones_like(ids))[0].numpy())
+    comparison = cm.compare_probabilities(np.array(expected), exported)
+    assert comparison.ok, comparison.describe()
+    np.testing.assert_allclose(exported.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_evaluation_scores_only_cascaded_prompts_with_the_exported_model(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    from router_svc.commands.evaluate import _measure_exported_cascade
+
+    labels = ("code", "math", "general")
+    vocabulary = _word_tokenizer(tmp_path / "tokenizer.json", ["loop", "sum", "hello"])
+    table = np.zeros((len(vocabulary), 3), dtype=np.float32)
+    table[vocabulary["loop"], 0] = table[vocabulary["sum"], 1] = table[vocabulary["hello"], 2] = 10.0
+    _bag_of_words_graph(tmp_path / "model.onnx", table)
+    cm.write_metadata(tmp_path, cm.build_metadata(
+        tmp_path, labels=labels, max_length=16, pad_id=0, combination="replace", threshold=0.6,
+        description="bag of words", extra={"validation": {"router_accuracy": 0.5, "cascade_accuracy": 1.0,
+                                                          "fraction_cascaded": 0.5,
+                                                          "rows": [["replace", 0.6, 1.0, 0.5]]}}))
+    # The fast model is unsure (0.4) on the first two prompts of each set and sure on the rest.
+    fast = np.array([[0.4, 0.3, 0.3], [0.3, 0.3, 0.4], [0.9, 0.05, 0.05], [0.05, 0.05, 0.9]])
+    texts = ["sum", "loop", "hello", "sum"]  # the last one is sure, wrong, and must stay so
+    truth = [1, 0, 0, 1]
+    lines = _measure_exported_cascade(tmp_path, labels, (fast, fast), (texts, texts), (truth, ["s"] * 4),
+                                      (truth, ["s"] * 4), fast_name="fast", fast_latency_us=10.0)
+    text = "\n".join(lines)
+    assert "exported cascade model `minilm-lr-" in text
+    assert "| external set | 0.2500 | 0.7500 | +50.0 | 50.0% |" in text
+    assert "replace** below **0.60" in text
+    with pytest.raises(SystemExit, match="labels"):
+        _measure_exported_cascade(tmp_path, ("math", "code", "general"), (fast, fast), (texts, texts),
+                                  (truth, ["s"] * 4), (truth, ["s"] * 4), fast_name="fast", fast_latency_us=1.0)
+
+
+def test_int8_check_wants_finite_normalised_rows_that_mostly_agree() -> None:
+    reference = np.tile([[0.7, 0.2, 0.1]], (10, 1))
+    close = reference.copy()
+    close[0] = [0.3, 0.6, 0.1]  # one answer in ten changes: 90% agreement is enough
+    assert cm.check_quantized(reference, close)[0]
+    close[1] = [0.3, 0.6, 0.1]
+    ok, described = cm.check_quantized(reference, close)
+    assert not ok and "80.00%" in described
+    assert not cm.check_quantized(reference, reference * 1.01)[0]  # rows no longer sum to 1
+    assert not cm.check_quantized(reference, np.full_like(reference, np.nan))[0]
+    assert not cm.check_quantized(reference, reference[:5])[0]
+
+
+@pytest.mark.slow
+def test_fine_tuned_export_folds_the_logit_scale_and_is_verified(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch", reason="the export needs torch (make test installs it)")
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("onnxruntime")
+    from router_svc.training.cascade import CascadeChoice
+    from router_svc.training.cascade_export import EmbeddingClassifier
+    from router_svc.training.finetune import LOGIT_SCALE, export_directory
+
+    words = [f"w{i}" for i in range(20)]
+    vocabulary = _word_tokenizer(tmp_path / "tokenizer.json", words)
+    torch.manual_seed(1)
+    config = transformers.BertConfig(vocab_size=len(vocabulary), hidden_size=16, num_hidden_layers=1,
+                                     num_attention_heads=2, intermediate_size=32, max_position_embeddings=64)
+    rng = np.random.default_rng(1)
+    module = EmbeddingClassifier(transformers.BertModel(config).eval(),
+                                 rng.normal(size=(len(LABELS), 16)).astype(np.float32) * 0.1, np.zeros(len(LABELS)))
+    texts = ["w1 w2", "w3 w4 w5 w6", "w7"]
+    token_ids = [[vocabulary[w] for w in t.split()] for t in texts]
+    choice = CascadeChoice(combination="average", threshold=0.9, validation_accuracy=0.93,
+                           validation_accuracy_fast=0.90, validation_fraction=0.28, rows=())
+    out = tmp_path / "finetuned"
+    metadata = export_directory(out, module, tmp_path / "tokenizer.json", labels=LABELS, max_length=12, pad_id=0,
+                                choice=choice, verify_token_ids=token_ids, verify_texts=texts, description="tiny")
+    assert cm.read_metadata(out) == metadata and metadata["version"].startswith("minilm-finetuned-")
+    assert metadata["verification"]["max_abs_diff"] <= cm.VERIFY_TOLERANCE
+    score = cm.load_onnx_scorer(out / "model.onnx", out / "tokenizer.json", max_length=12, pad_id=0)
+    with torch.no_grad():
+        ids = torch.tensor([token_ids[1]])
+        expected = torch.softmax(LOGIT_SCALE * module.head(module.embed(ids, torch.ones_like(ids))), dim=-1)[0]
+    np.testing.assert_allclose(score([texts[1]])[0], expected.numpy(), atol=1e-5)
