@@ -155,13 +155,20 @@ def _measure_exported_cascade(directory: Path, labels, ours, texts, held_out_tru
     from router_svc.training import cascade_model as cm
     from router_svc.training.cascade import evaluate_cascade, render_cascade
 
+    from router_svc.cascade import CascadeError, CascadeModel
+
+    # The router's own loader: the directory is checked (digests, labels, graph, tokenizer) and
+    # scored exactly as `--cascade-model` scores it.
+    try:
+        model = CascadeModel.load(directory, labels=labels, threads=1)
+    except CascadeError as exc:
+        raise SystemExit(f"cannot load the cascade model: {exc}") from exc
     metadata = cm.read_metadata(directory)
-    if list(metadata["labels"]) != list(labels):
-        raise SystemExit(f"{directory / cm.METADATA_FILE}: labels {metadata['labels']} are not the "
-                         f"classifier's {list(labels)}")
     choice = cm.choice_from_metadata(metadata)
-    score = cm.load_onnx_scorer(directory / cm.MODEL_FILE, directory / cm.TOKENIZER_FILE,
-                                max_length=int(metadata["max_length"]), pad_id=int(metadata["pad_id"]), threads=1)
+
+    def score(batch_texts):
+        return np.concatenate([model.predict_batch(batch_texts[start:start + 32])
+                               for start in range(0, len(batch_texts), 32)], axis=0)
     slow = []
     for fast, set_texts in zip(ours, texts):
         probabilities = np.array(fast, dtype=np.float64, copy=True)

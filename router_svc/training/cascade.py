@@ -125,7 +125,7 @@ def render_cascade(choice: CascadeChoice, results: Sequence[CascadeResult], *, s
     """
     if exported is None:
         lines = [
-            "### Cascade: low-confidence prompts rescored by MiniLM + LR (measured, not built)",
+            "### Cascade: low-confidence prompts rescored by MiniLM + LR (measured, now a router option)",
             "",
             (f"A prompt whose best score from {fast_name} is below a threshold is sent to MiniLM + LR; "
              "its answer either replaces ours or is averaged with it. Combination and threshold were chosen "
@@ -174,7 +174,15 @@ def render_cascade(choice: CascadeChoice, results: Sequence[CascadeResult], *, s
          f"external set without losing on the MMLU held-out split. "
          + ("**Met**: worth building." if worth_building(results[0], results[-1]) else
             f"**Not met** ({100 * (results[-1].accuracy - results[-1].accuracy_fast):+.1f} points on the "
-            "external set): the router has no cascade option.")),
+            "external set): with this classifier the router's cascade option is not worth its cost.")),
+        "",
+        ("Built as the router's optional cascade, off by default: `--cascade-model DIR` reads a cascade "
+         "model directory (`model.onnx`, `tokenizer.json`, `cascade.json` with its threshold and "
+         "combination; `make train-cascade` writes one), rescores the prompts below the threshold in a "
+         "thread of its own, and leaves the fast answer when more than `--cascade-max-pending` prompts "
+         "wait for it or when it fails (docs/configuration.md, \"Optional cascade\"). Its cost per routing "
+         "decision, with and without it over the same prompts: `benchmarks/cascade_cost.py --cascade-model "
+         "DIR` (docs/benchmarks.md)."),
         "",
         "Validation rows tried (combination, threshold: accuracy, fraction cascaded):",
         "",
