@@ -71,7 +71,9 @@ def run(args: argparse.Namespace) -> int:
     expert = metadata.get("x-expert", args.target if args.direct else "?")
     how = metadata.get("x-expert-source", "direct" if args.direct else "")
     score = metadata.get("x-expert-score")
-    parts = [f"expert: {expert}" + (f" ({how}" + (f", score {float(score):.3f}" if score else "") + ")"
+    cascade = metadata.get("x-expert-cascade")
+    parts = [f"expert: {expert}" + (f" ({how}" + (f", score {float(score):.3f}" if score else "")
+                                    + (f", rescored by {cascade}" if cascade else "") + ")"
                                     if how else "")]
     if first_token_at is not None:
         parts.append(f"TTFT {1000 * (first_token_at - started):.0f} ms")
