@@ -152,10 +152,9 @@ def _measure_exported_cascade(directory: Path, labels, ours, texts, held_out_tru
     """
     import numpy as np
 
+    from router_svc.cascade import CascadeError, CascadeModel
     from router_svc.training import cascade_model as cm
     from router_svc.training.cascade import evaluate_cascade, render_cascade
-
-    from router_svc.cascade import CascadeError, CascadeModel
 
     # The router's own loader: the directory is checked (digests, labels, graph, tokenizer) and
     # scored exactly as `--cascade-model` scores it.

@@ -21,15 +21,12 @@ from typing import Any
 
 import numpy as np
 
+# The format, file names and graph interface are the router's loader's (router_svc/cascade.py): one
+# definition of the contract for the side that writes it and the side that reads it.
+from router_svc.cascade import FORMAT, MODEL_FILE, OUTPUT_NAME, TOKENIZER_FILE
+from router_svc.cascade import MANIFEST_FILE as METADATA_FILE
 from router_svc.training.cascade import COMBINATIONS, CascadeChoice
 
-FORMAT = "expert-router-cascade/1"
-MODEL_FILE = "model.onnx"
-TOKENIZER_FILE = "tokenizer.json"
-METADATA_FILE = "cascade.json"
-#: The graph's interface (the contract with the router's loader).
-INPUT_NAMES = ("input_ids", "attention_mask")
-OUTPUT_NAME = "probabilities"
 ONNX_OPSET = 17
 #: Largest difference allowed between the exported graph (onnxruntime + `tokenizers`) and the
 #: model it was exported from (sentence-transformers + scikit-learn) on the same texts. Float32
