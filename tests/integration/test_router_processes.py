@@ -174,8 +174,12 @@ async def test_workers_share_one_port_and_exit_0_on_sigterm(start_expert, tmp_pa
         assert len(addresses) == 1, text  # both workers on the port the parent picked
         address = addresses.pop()
         request = pb.GenerateRequest(prompt="hello", sampling=pb.SamplingParams(max_tokens=2))
-        for _ in range(16):  # a new connection each time: the kernel spreads them over the workers
-            async with grpc.aio.insecure_channel(address) as channel:
+        # A new connection each time, which the kernel spreads over the workers. Each channel gets
+        # its own subchannel pool: by default gRPC shares subchannels between channels to the same
+        # address, so a closed channel's connection, still open, could carry the next call.
+        for _ in range(16):
+            async with grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)]
+                                                 ) as channel:
                 frames = await drain(pb_grpc.RouterStub(channel).Generate(request))
                 assert frames[-1].usage.completion_tokens == 2
         def request_lines() -> list[dict]:
