@@ -23,7 +23,7 @@ import numpy as np
 
 # The format, file names and graph interface are the router's loader's (router_svc/cascade.py): one
 # definition of the contract for the side that writes it and the side that reads it.
-from router_svc.cascade import FORMAT, MODEL_FILE, OUTPUT_NAME, TOKENIZER_FILE
+from router_svc.cascade import FORMAT, INPUT_NAMES, MODEL_FILE, OUTPUT_NAME, TOKENIZER_FILE  # noqa: F401 (cascade_export)
 from router_svc.cascade import MANIFEST_FILE as METADATA_FILE
 from router_svc.training.cascade import COMBINATIONS, CascadeChoice
 
