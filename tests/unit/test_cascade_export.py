@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 
 from router_svc.training import cascade_model as cm
+from tests.cascade_model import build_graph, build_tokenizer
+from tests.cascade_model import vocabulary as word_vocabulary
 
 LABELS = ("code", "math", "science", "medicine", "law", "general")
 
@@ -151,41 +153,32 @@ def test_latency_is_timed_per_text_for_every_scorer() -> None:
 # --- onnxruntime + tokenizers on a small hand-built graph --------------------------------------------
 
 def _bag_of_words_graph(path: Path, table: np.ndarray) -> None:
-    """probabilities = softmax(sum over unmasked tokens of table[token]): the contract's interface."""
-    onnx = pytest.importorskip("onnx")
-    from onnx import TensorProto, helper, numpy_helper
-
-    nodes = [
-        helper.make_node("Gather", ["table", "input_ids"], ["rows"]),
-        helper.make_node("Cast", ["attention_mask"], ["mask_f"], to=TensorProto.FLOAT),
-        helper.make_node("Unsqueeze", ["mask_f", "axis_last"], ["mask_3d"]),
-        helper.make_node("Mul", ["rows", "mask_3d"], ["masked"]),
-        helper.make_node("ReduceSum", ["masked", "axis_seq"], ["summed"], keepdims=0),
-        helper.make_node("Softmax", ["summed"], ["probabilities"], axis=-1),
-    ]
-    graph = helper.make_graph(
-        nodes, "bag_of_words",
-        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"]),
-         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "sequence"])],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", table.shape[1]])],
-        initializer=[numpy_helper.from_array(table.astype(np.float32), "table"),
-                     numpy_helper.from_array(np.array([-1], dtype=np.int64), "axis_last"),
-                     numpy_helper.from_array(np.array([1], dtype=np.int64), "axis_seq")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
+    """The tests' tiny cascade graph (tests/cascade_model.py): softmax of the mean of the unmasked
+    tokens' rows of ``table``."""
+    pytest.importorskip("onnx")
+    path.write_bytes(build_graph(table))
 
 
 def _word_tokenizer(path: Path, words: list[str]) -> dict[str, int]:
-    tokenizers = pytest.importorskip("tokenizers")
-    vocabulary = {"[PAD]": 0, "[UNK]": 1, **{w: i + 2 for i, w in enumerate(words)}}
-    tokenizer = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocabulary, unk_token="[UNK]"))
-    tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
-    # Settings the contract says the consumer ignores: the scorer must override them.
+    """The tests' WordLevel tokenizer over ``words``, saved with truncation and padding settings that
+    the contract says the consumer ignores: the scorer must override them."""
+    pytest.importorskip("tokenizers")
+    vocab = word_vocabulary(words)
+    tokenizer = build_tokenizer(vocab)
     tokenizer.enable_truncation(2)
     tokenizer.enable_padding(pad_id=0, pad_token="[PAD]", length=16)
     tokenizer.save(str(path))
-    return vocabulary
+    return vocab
+
+
+def _tiny_bert(vocab_size: int, *, layers: int, seed: int):
+    """A randomly initialised BERT of hidden size 16, small enough to export in a second."""
+    torch = pytest.importorskip("torch", reason="the export needs torch (make test installs it)")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(seed)
+    config = transformers.BertConfig(vocab_size=vocab_size, hidden_size=16, num_hidden_layers=layers,
+                                     num_attention_heads=2, intermediate_size=32, max_position_embeddings=64)
+    return transformers.BertModel(config).eval()
 
 
 def test_scorer_truncates_pads_and_masks_as_the_contract_says(tmp_path: Path) -> None:
@@ -210,7 +203,7 @@ def test_scorer_truncates_pads_and_masks_as_the_contract_says(tmp_path: Path) ->
     assert batched.shape == (3, 3) and batched.dtype == np.float32
     np.testing.assert_allclose(alone[0], softmax([0.0, 1.0, 0.0]), atol=1e-6)
     np.testing.assert_allclose(batched[0], alone[0], atol=1e-6)  # padding masked out
-    np.testing.assert_allclose(batched[1], softmax([0.0, 1.0, 4.0]), atol=1e-6)  # not the file's truncation (2)
+    np.testing.assert_allclose(batched[1], softmax([0.0, 1 / 3, 4 / 3]), atol=1e-6)  # not the file's truncation (2)
     truncated = score(["alpha beta gamma gamma"])  # max_length 3: the fourth word is cut
     np.testing.assert_allclose(truncated[0], batched[1], atol=1e-6)
     assert score([]).shape == (0, 3)
@@ -220,17 +213,13 @@ def test_scorer_truncates_pads_and_masks_as_the_contract_says(tmp_path: Path) ->
 
 @pytest.mark.slow
 def test_exported_graph_matches_torch_and_the_contract(tmp_path: Path) -> None:
-    torch = pytest.importorskip("torch", reason="the export needs torch (make test installs it)")
-    transformers = pytest.importorskip("transformers")
+    words = [f"w{i}" for i in range(20)]
+    vocabulary = _word_tokenizer(tmp_path / "tokenizer.json", words)
+    encoder = _tiny_bert(len(vocabulary), layers=2, seed=0)
+    torch = pytest.importorskip("torch")
     pytest.importorskip("onnxruntime")
     from router_svc.training.cascade_export import EmbeddingClassifier, export_onnx
 
-    words = [f"w{i}" for i in range(20)]
-    vocabulary = _word_tokenizer(tmp_path / "tokenizer.json", words)
-    torch.manual_seed(0)
-    config = transformers.BertConfig(vocab_size=len(vocabulary), hidden_size=16, num_hidden_layers=2,
-                                     num_attention_heads=2, intermediate_size=32, max_position_embeddings=64)
-    encoder = transformers.BertModel(config).eval()
     rng = np.random.default_rng(0)
     weight, bias = rng.normal(size=(len(LABELS), 16)).astype(np.float32), rng.normal(size=len(LABELS))
     module = EmbeddingClassifier(encoder, weight, bias).eval()
@@ -302,20 +291,17 @@ def test_int8_check_wants_finite_normalised_rows_that_mostly_agree() -> None:
 
 @pytest.mark.slow
 def test_fine_tuned_export_folds_the_logit_scale_and_is_verified(tmp_path: Path) -> None:
-    torch = pytest.importorskip("torch", reason="the export needs torch (make test installs it)")
-    transformers = pytest.importorskip("transformers")
+    words = [f"w{i}" for i in range(20)]
+    vocabulary = _word_tokenizer(tmp_path / "tokenizer.json", words)
+    encoder = _tiny_bert(len(vocabulary), layers=1, seed=1)
+    torch = pytest.importorskip("torch")
     pytest.importorskip("onnxruntime")
     from router_svc.training.cascade import CascadeChoice
     from router_svc.training.cascade_export import EmbeddingClassifier
     from router_svc.training.finetune import LOGIT_SCALE, export_directory
 
-    words = [f"w{i}" for i in range(20)]
-    vocabulary = _word_tokenizer(tmp_path / "tokenizer.json", words)
-    torch.manual_seed(1)
-    config = transformers.BertConfig(vocab_size=len(vocabulary), hidden_size=16, num_hidden_layers=1,
-                                     num_attention_heads=2, intermediate_size=32, max_position_embeddings=64)
     rng = np.random.default_rng(1)
-    module = EmbeddingClassifier(transformers.BertModel(config).eval(),
+    module = EmbeddingClassifier(encoder,
                                  rng.normal(size=(len(LABELS), 16)).astype(np.float32) * 0.1, np.zeros(len(LABELS)))
     texts = ["w1 w2", "w3 w4 w5 w6", "w7"]
     token_ids = [[vocabulary[w] for w in t.split()] for t in texts]
