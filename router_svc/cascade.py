@@ -48,6 +48,9 @@ FORMAT = "expert-router-cascade/1"
 MANIFEST_FILE = "cascade.json"
 MODEL_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
+#: The keys every cascade.json has; a writer may add others (its measurements), which the router ignores.
+MANIFEST_KEYS = ("format", "version", "labels", "max_length", "pad_id", "combination", "threshold", "files",
+                 "description")
 INPUT_NAMES = ("input_ids", "attention_mask")
 OUTPUT_NAME = "probabilities"
 COMBINATIONS = ("average", "replace")
@@ -93,9 +96,7 @@ class CascadeManifest:
 
         if not isinstance(data, Mapping):
             raise refuse(f"must be a JSON object, got {type(data).__name__}")
-        required = ("format", "version", "labels", "max_length", "pad_id", "combination", "threshold", "files",
-                    "description")
-        missing = [key for key in required if key not in data]
+        missing = [key for key in MANIFEST_KEYS if key not in data]
         if missing:
             raise refuse(f"missing key(s) {', '.join(missing)}")
         if data["format"] != FORMAT:

