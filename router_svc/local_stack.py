@@ -57,6 +57,11 @@ class ExpertProcess:
             return "(no log)"
 
 
+#: Seconds an expert gets past its drain (--grace-s, the stack's --grace) to cancel what is left and
+#: release its engine before the stack kills it.
+KILL_MARGIN_S = 5.0
+
+
 def _check_port_free(port: int, what: str) -> None:
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -70,7 +75,10 @@ def _check_port_free(port: int, what: str) -> None:
 def expert_command(expert: ExpertProcess, args: argparse.Namespace) -> list[str]:
     command = [sys.executable, "-m", "expert_svc", "--engine", args.engine, "--name", expert.name,
                "--listen", expert.address, "--system-prompt", SYSTEM_PROMPTS.get(expert.name, ""),
-               "--max-concurrency", str(args.max_concurrency)]
+               "--max-concurrency", str(args.max_concurrency),
+               # The expert drains within the stack's grace, so it is done (engine released) before
+               # the stack's kill deadline, KILL_MARGIN_S later.
+               "--grace-s", str(args.grace)]
     if args.engine == "llamacpp":
         # Six model processes share the machine's cores: one compute thread each.
         command += ["--threads", str(args.threads)]
@@ -267,7 +275,7 @@ async def run_stack(args: argparse.Namespace) -> int:
     finally:
         if router is not None:
             await router.stop(args.grace)
-        await _stop_experts(experts, args.grace + 5.0)
+        await _stop_experts(experts, args.grace + KILL_MARGIN_S)
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
     print("stopped.", file=sys.stderr)
