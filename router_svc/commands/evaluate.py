@@ -94,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
     if args.cascade_model is not None and not args.skip_cascade:
         cascade_lines = _measure_exported_cascade(
             args.cascade_model, labels, probabilities["ours"], (texts, ext_texts), (y_true, test_sources),
-            (ext_true, ext_sources), fast_name=f"ours ({classifier.version})", fast_latency_us=timing.median_us)
+            (ext_true, ext_sources), fast_name=f"ours ({classifier.version})", fast_latency_us=timing.median_us,
+            classifier=classifier)
     elif baseline is not None and not args.skip_cascade:
         cascade_lines = _measure_cascade(
             train, validation, metadata, labels, baseline, probabilities["ours"],
@@ -144,7 +145,7 @@ def _measure_cascade(train, validation, metadata, labels, baseline, ours, held_o
 
 
 def _measure_exported_cascade(directory: Path, labels, ours, texts, held_out_truth, external_truth, *,
-                              fast_name: str, fast_latency_us: float) -> list[str]:
+                              fast_name: str, fast_latency_us: float, classifier=None) -> list[str]:
     """The cascade as a deployment runs it: the exported model's onnxruntime probabilities, its
     recorded combination and threshold, its batch-1 cost; Markdown lines.
 
@@ -191,4 +192,36 @@ def _measure_exported_cascade(directory: Path, labels, ours, texts, held_out_tru
                f"{' (INT8)' if metadata.get('quantized') else ''}, max_length {metadata['max_length']}; "
                f"batch-1 latency over the first {latency.prompts} held-out prompts on one thread: median "
                f"{latency.median_ms:.1f} ms, p90 {latency.p90_ms:.1f} ms. {metadata.get('description', '')}."), ""]
+    if classifier is not None:
+        lines += everyday_prompt_lines(classifier, model, choice)
+    return lines
+
+
+def everyday_prompt_lines(classifier, model, choice) -> list[str]:
+    """The five everyday prompts through ours alone and through the cascade, as the router decides
+    them (the cascade only below its threshold, combined as recorded); Markdown lines."""
+    import numpy as np
+
+    from router_svc.cascade import combine
+    from router_svc.training.evaluate import EVERYDAY_PROMPTS
+
+    labels = list(classifier.labels)
+    lines = ["Five everyday prompts, ours alone and with this cascade (expert, best score):", "",
+             "| prompt | belongs to | ours | with the cascade |", "|---|---|---|---|"]
+    right = [0, 0]
+    for prompt, expected in EVERYDAY_PROMPTS:
+        fast = np.asarray(classifier.predict(prompt), dtype=np.float32)
+        final = fast
+        if float(fast.max()) < choice.threshold:
+            final = combine(fast, model.predict_batch([prompt])[0], choice.combination)
+        cells = []
+        for i, row in enumerate((fast, final)):
+            expert = labels[int(np.argmax(row))]
+            right[i] += expert == expected
+            cells.append(f"{expert} ({float(row.max()):.2f})" + ("" if expert == expected else " ✗"))
+        rescored = "" if final is fast else ", rescored"
+        lines.append(f"| {prompt} | {expected} | {cells[0]} | {cells[1]}{rescored} |")
+    total = len(EVERYDAY_PROMPTS)
+    lines += ["", f"Right: ours {right[0]} of {total}, with the cascade {right[1]} of {total}.", ""]
+    print(f"everyday prompts: ours {right[0]}/{total}, with the cascade {right[1]}/{total}")
     return lines

@@ -135,7 +135,7 @@ def render_cascade(choice: CascadeChoice, results: Sequence[CascadeResult], *, s
              "applied unchanged to the packaged models' scores on the two test sets."),
             "",
         ]
-        runtime = "torch"
+        runtime, slow_name = "torch", "MiniLM + LR's"
     else:
         lines = [
             f"### Cascade: low-confidence prompts rescored by the exported cascade model {exported}",
@@ -148,7 +148,7 @@ def render_cascade(choice: CascadeChoice, results: Sequence[CascadeResult], *, s
              f"at most {MAX_CASCADED_FRACTION:.0%} of the prompts; nothing was chosen on the two test sets."),
             "",
         ]
-        runtime = "onnxruntime, tokenization included"
+        runtime, slow_name = "onnxruntime, tokenization included", "the cascade model's"
     lines += [
         (f"Chosen: **{choice.combination}** below **{choice.threshold:.2f}**: validation accuracy "
          f"{choice.validation_accuracy_fast:.4f} → {choice.validation_accuracy:.4f}, "
@@ -164,13 +164,13 @@ def render_cascade(choice: CascadeChoice, results: Sequence[CascadeResult], *, s
                      f"{100 * (r.accuracy - r.accuracy_fast):+.1f} | {r.fraction:.1%} | {per_source} |")
     lines += [
         "",
-        (f"Cost: each cascaded prompt adds MiniLM + LR's measured batch-1 latency (median "
+        (f"Cost: each cascaded prompt adds {slow_name} measured batch-1 latency (median "
          f"{slow_latency_ms:.1f} ms on one CPU thread, {runtime}) to ours ({fast_latency_us:.1f} µs); "
          "on average per prompt that is the fraction cascaded times that latency: "
          + ", ".join(f"{r.set_name} {r.fraction * slow_latency_ms:.2f} ms" for r in results) + "."),
         "",
-        (f"Rule for building it into the router (an ONNX export of MiniLM + LR and a router option), "
-         f"fixed before this measurement: at least {MIN_EXTERNAL_GAIN_POINTS:g} point gained on the "
+        (f"Rule for building the cascade into the router (an ONNX export and a router option), fixed "
+         f"before the first such measurement: at least {MIN_EXTERNAL_GAIN_POINTS:g} point gained on the "
          f"external set without losing on the MMLU held-out split. "
          + ("**Met**: worth building." if worth_building(results[0], results[-1]) else
             f"**Not met** ({100 * (results[-1].accuracy - results[-1].accuracy_fast):+.1f} points on the "

@@ -276,6 +276,46 @@ def test_evaluation_scores_only_cascaded_prompts_with_the_exported_model(tmp_pat
                                   (truth, ["s"] * 4), (truth, ["s"] * 4), fast_name="fast", fast_latency_us=1.0)
 
 
+class _FixedScoresClassifier:
+    """FAKE of router_svc.classifier.Classifier's labels + predict: the same scores for every prompt."""
+
+    labels = LABELS
+
+    def __init__(self, row: list[float]) -> None:
+        self.row = np.asarray(row, dtype=np.float32)
+
+    def predict(self, prompt: str) -> np.ndarray:
+        return self.row
+
+
+@pytest.mark.parametrize("fast_row, ours_right, cascade_right, rescored", [
+    # Unsure everywhere (best 0.3, below the tiny model's 0.5): the tiny model knows one word of each
+    # prompt ("ibuprofen", "landlord", "tuple", "train", "derivative") and the average follows it.
+    ([0.14, 0.14, 0.14, 0.14, 0.14, 0.3], 0, 5, True),
+    # Sure of general (0.95): never rescored, so the cascade cannot change anything.
+    ([0.01, 0.01, 0.01, 0.01, 0.01, 0.95], 0, 0, False),
+])
+def test_everyday_prompts_are_decided_as_the_router_decides(tmp_path: Path, fast_row, ours_right, cascade_right,
+                                                            rescored) -> None:
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from router_svc.cascade import CascadeModel
+    from router_svc.commands.evaluate import everyday_prompt_lines
+    from router_svc.training.evaluate import EVERYDAY_PROMPTS
+    from tests.cascade_model import write_cascade_model
+
+    directory = write_cascade_model(tmp_path / "cascade", threshold=0.5)
+    model = CascadeModel.load(directory, labels=LABELS)
+    choice = cm.choice_from_metadata(cm.read_metadata(directory))
+    lines = everyday_prompt_lines(_FixedScoresClassifier(fast_row), model, choice)
+    rows = [line for line in lines if line.startswith("| ") and not line.startswith("| prompt")]
+    assert len(rows) == len(EVERYDAY_PROMPTS)
+    assert all(("rescored" in row) == rescored for row in rows)
+    assert f"Right: ours {ours_right} of 5, with the cascade {cascade_right} of 5." in lines
+    if rescored:
+        assert rows[0].startswith("| What are the side effects of ibuprofen? | medicine | general (0.30) ✗ | medicine (")
+
+
 def test_int8_check_wants_finite_normalised_rows_that_mostly_agree() -> None:
     reference = np.tile([[0.7, 0.2, 0.1]], (10, 1))
     close = reference.copy()

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from router_svc.classifier import DEFAULT_ARTIFACT_DIR, Classifier
+from router_svc.training.evaluate import EVERYDAY_PROMPTS
 from router_svc.training.export import linear_probabilities
 from router_svc.training.subjects import EXPERTS
 
@@ -300,12 +301,8 @@ _NOT_YET = pytest.mark.xfail(strict=True, reason="still misrouted by the package
 
 
 @pytest.mark.parametrize(("prompt", "expert"), [
-    ("What are the side effects of ibuprofen?", "medicine"),
-    ("Can my landlord keep my deposit for normal wear and tear?", "law"),
-    ("What is the difference between a list and a tuple?", "code"),
-    pytest.param("A train leaves at 3pm going 60 mph; another leaves at 4pm going 80 mph. "
-                 "When does the second catch up?", "math", marks=_NOT_YET),
-    ("What is the derivative of x^3?", "math"),
+    pytest.param(prompt, expert, marks=_NOT_YET) if prompt.startswith("A train leaves") else (prompt, expert)
+    for prompt, expert in EVERYDAY_PROMPTS
 ])
 def test_everyday_prompts(classifier: Classifier, prompt: str, expert: str) -> None:
     scores = classifier.predict(prompt)
