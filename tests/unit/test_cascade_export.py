@@ -542,3 +542,16 @@ def test_train_cascade_refuses_zero_epochs(tmp_path: Path) -> None:
 
     with pytest.raises(SystemExit, match="--epochs must be at least 1"):
         main(["train-cascade", "--out", str(tmp_path / "cascade"), "--epochs", "0"])
+
+
+def test_one_thread_timing_gives_torch_its_threads_back() -> None:
+    torch = pytest.importorskip("torch", reason="the export needs torch (make test installs it)")
+    from router_svc.training.cascade_export import torch_threads
+
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError), torch_threads(1):
+        raise RuntimeError("a failed measurement")
+    assert torch.get_num_threads() == before
