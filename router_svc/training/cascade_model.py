@@ -429,7 +429,11 @@ def quantize_by_rule(directory: Path, validation: ValidationData, log: Callable[
         previous = Path(tempfile.mkdtemp(prefix=f".{directory.name}-previous-", dir=directory.parent))
         previous.rmdir()
         directory.rename(previous)
-        staging.rename(directory)
+        try:
+            staging.rename(directory)
+        except OSError:
+            previous.rename(directory)
+            raise
         shutil.rmtree(previous, ignore_errors=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
