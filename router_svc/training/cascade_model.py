@@ -29,7 +29,7 @@ import numpy as np
 # definition of the contract for the side that writes it and the side that reads it.
 from router_svc.cascade import FORMAT, INPUT_NAMES, MANIFEST_KEYS, MODEL_FILE, OUTPUT_NAME, TOKENIZER_FILE  # noqa: F401 (cascade_export)
 from router_svc.cascade import MANIFEST_FILE as METADATA_FILE
-from router_svc.training.cascade import COMBINATIONS, CascadeChoice
+from router_svc.training.cascade import COMBINATIONS, CascadeChoice, choose_cascade
 
 ONNX_OPSET = 17
 #: Largest difference allowed between the exported graph (onnxruntime + `tokenizers`) and the
@@ -337,8 +337,6 @@ def measure_int8(float_path: Path, int8_path: Path, *, tokenizer_path: Path, max
     (the probabilities of the model the graph came from) is compared with each graph's.
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    from router_svc.training.cascade import choose_cascade
 
     quantize_dynamic(str(float_path), str(int8_path), weight_type=QuantType.QInt8)
     graphs = {"float32": Path(float_path), "int8": Path(int8_path)}
