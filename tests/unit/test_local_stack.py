@@ -19,7 +19,7 @@ def test_experts_drain_within_the_stacks_grace_before_its_kill_deadline(tmp_path
     cfg = config_from_args(command[3:])
     assert cfg.grace_s == pytest.approx(float(grace)) and cfg.name == "math"
     # So its drain ends KILL_MARGIN_S before the stack's SIGKILL. Without --grace-s the expert's own
-    # default would apply, which outlasts the stack's deadline (seen: an expert whose server waited
-    # its whole grace for the router's health watch was killed at Ctrl-C).
+    # default would apply, which outlasts the stack's deadline (seen: an expert with no stream to
+    # drain still used its whole 10 s grace and was killed at Ctrl-C).
     default = config_from_args(["--engine", "synthetic", "--name", "math", "--listen", expert.address]).grace_s
     assert default > local_stack.build_parser().parse_args([]).grace + local_stack.KILL_MARGIN_S - 0.5
